@@ -1,0 +1,20 @@
+"""Defaults every DAG shares: owner, retries with exponential backoff, start date.
+
+User-fixable errors bypass these retries: tasks raise them inside
+``datacloud.errors.fail_fast()``, which turns them into AirflowFailException.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+OWNER = "datacloud"
+START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+DEFAULT_ARGS = {
+    "owner": OWNER,
+    "retries": 2,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=5),
+}

@@ -1,0 +1,541 @@
+"""The inventory: one YAML file that describes the machines and the platform.
+
+``load_inventory(path)`` returns a validated :class:`Inventory` or raises
+:class:`~datacloud.errors.InventoryError` whose message is one sentence naming
+the field path and what to change. Every string that may later reach a shell
+on a node is constrained here to a safe alphabet, so the stages can quote
+values without ever having to trust them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from datacloud.errors import InventoryError
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DEVICE = re.compile(r"^/dev/[a-zA-Z0-9][a-zA-Z0-9/_.-]{0,62}$")
+INTERFACE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$")
+UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+K8S_VERSION = re.compile(r"^1\.(\d{2})\.(\d{1,3})$")
+LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+RETENTION = re.compile(r"^[1-9][0-9]{0,3}[hdw]$")
+
+# kubeadm's documented minimums for a control-plane node and a worker.
+KUBEADM_MIN_CPU = {"control-plane": 2, "worker": 1}
+KUBEADM_MIN_MEMORY_GB = {"control-plane": 2, "worker": 1}
+
+Role = Literal["control-plane", "worker"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ValueError(f"{value!r} is not {what}")
+    return value
+
+
+class Cluster(_Model):
+    name: str = "datacloud"
+    kubernetes_version: str = "1.34.2"
+    pod_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.244.0.0/16")
+    service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.96.0.0/12")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check(DNS1123_LABEL, v, "a DNS-1123 label (lowercase letters, digits and '-', at most 63)")
+
+    @field_validator("kubernetes_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        return _check(K8S_VERSION, v, "a Kubernetes version like 1.34.2")
+
+
+class Network(_Model):
+    subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("192.168.1.0/24")
+    gateway: str | None = None
+    public_interface: str = "eth0"
+    own_uplink: bool = False
+    dns_servers: list[ipaddress.IPv4Address] = Field(default_factory=list)
+
+    @field_validator("public_interface")
+    @classmethod
+    def _iface(cls, v: str) -> str:
+        return _check(INTERFACE, v, "a network interface name like eth0 or enp3s0")
+
+
+class Ssh(_Model):
+    user: str = "root"
+    port: int = Field(default=22, ge=1, le=65535)
+    become: bool = False
+    connect_timeout_s: int = Field(default=10, ge=1, le=300)
+    command_timeout_s: int = Field(default=1800, ge=10, le=86400)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        return _check(UNIX_USER, v, "a Unix user name")
+
+
+class Disk(_Model):
+    device: str
+    size_gb: int = Field(ge=1, le=1_000_000)
+    use: Literal["ceph", "none"] = "none"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return _check(DEVICE, v, "a device path like /dev/sdb")
+
+
+class Node(_Model):
+    name: str
+    address: ipaddress.IPv4Address
+    roles: list[Role] = Field(default_factory=lambda: ["worker"], min_length=1)
+    cpu: int = Field(ge=1, le=1024)
+    memory_gb: float = Field(gt=0, le=16384)
+    disks: list[Disk] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check(DNS1123_LABEL, v, "a DNS-1123 label (lowercase letters, digits and '-', at most 63)")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            _check(LABEL_KEY, key, "a Kubernetes label key")
+            if not isinstance(value, str):
+                raise ValueError(f"label {key} must be a string")
+            _check(LABEL_VALUE, value, "a Kubernetes label value")
+        return v
+
+    @property
+    def is_control_plane(self) -> bool:
+        return "control-plane" in self.roles
+
+    @property
+    def schedulable(self) -> bool:
+        """Runs platform workloads (workers, and a control plane that is also a worker)."""
+        return "worker" in self.roles
+
+    @property
+    def ceph_disks(self) -> list[Disk]:
+        return [d for d in self.disks if d.use == "ceph"]
+
+
+# --- component settings: one defaults block per stage, sized for 8 GB nodes ---
+# Memory in MiB, CPU in millicores. The capacity planner and the manifests
+# read the same numbers, so the report describes what is really requested.
+
+
+class Resources(_Model):
+    cpu_m: int = Field(ge=1, le=256_000)
+    memory_mb: int = Field(ge=16, le=4_000_000)
+    limit_memory_mb: int | None = Field(default=None, ge=16, le=4_000_000)
+
+    @model_validator(mode="after")
+    def _limit(self) -> Resources:
+        if self.limit_memory_mb is not None and self.limit_memory_mb < self.memory_mb:
+            raise ValueError("limit_memory_mb must be at least memory_mb")
+        return self
+
+    @property
+    def limit_mb(self) -> int:
+        return self.limit_memory_mb or self.memory_mb
+
+
+def _r(cpu_m: int, memory_mb: int, limit_memory_mb: int | None = None) -> Any:
+    return Field(default_factory=lambda: Resources(cpu_m=cpu_m, memory_mb=memory_mb, limit_memory_mb=limit_memory_mb))
+
+
+class StorageSettings(_Model):
+    """Rook-Ceph; with fewer than 3 Ceph disks on 3 nodes, local-path instead."""
+
+    operator: Resources = _r(100, 192, 512)
+    mon: Resources = _r(200, 512, 1024)
+    mgr: Resources = _r(200, 512, 1024)
+    osd: Resources = _r(300, 1152, 2048)
+    osd_memory_target_mb: int = Field(default=1024, ge=896, le=1_000_000)
+    mds: Resources = _r(100, 384, 768)
+    csi_plugin: Resources = _r(50, 96, 256)
+    csi_provisioner: Resources = _r(50, 96, 256)
+    local_path: Resources = _r(10, 32, 128)
+    health_timeout_s: int = Field(default=1800, ge=60, le=86400)
+
+
+class MongoSettings(_Model):
+    shards: int = Field(default=2, ge=1, le=64)
+    replicas: int = Field(default=3, ge=1, le=7)
+    config_replicas: int = Field(default=3, ge=1, le=7)
+    mongos: int = Field(default=2, ge=1, le=16)
+    operator: Resources = _r(100, 128, 256)
+    shard: Resources = _r(300, 768, 1024)
+    config: Resources = _r(100, 384, 512)
+    router: Resources = _r(100, 192, 384)
+    volume_gb: int = Field(default=50, ge=1, le=1_000_000)
+    node_port: int | None = Field(default=None, ge=30000, le=32767)
+
+    @property
+    def wiredtiger_cache_gb(self) -> float:
+        """MongoDB's own rule (50 % of memory minus 1 GiB, at least 0.25 GiB), on the limit."""
+        return round(max(0.25, 0.5 * (self.shard.limit_mb - 1024) / 1024), 2)
+
+
+class SparkSettings(_Model):
+    operator: Resources = _r(100, 128, 256)
+    history_server: Resources = _r(100, 512, 1024)
+    min_executors: int = Field(default=1, ge=0, le=1000)
+    max_executors: int = Field(default=4, ge=1, le=1000)
+    executor: Resources = _r(1000, 1024, 1536)
+    driver: Resources = _r(500, 1024, 1536)
+    event_log_volume_gb: int = Field(default=10, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _executors(self) -> SparkSettings:
+        if self.min_executors > self.max_executors:
+            raise ValueError("min_executors must not exceed max_executors")
+        return self
+
+
+class JupyterSettings(_Model):
+    hub: Resources = _r(100, 256, 512)
+    proxy: Resources = _r(50, 96, 256)
+    user: Resources = _r(500, 1024, 2048)
+    volume_gb: int = Field(default=10, ge=1, le=100_000)
+    cull_idle_s: int = Field(default=3600, ge=300, le=604800)
+
+
+class MonitoringSettings(_Model):
+    retention: str = "7d"
+    retention_size_gb: int = Field(default=15, ge=1, le=100_000)
+    prometheus: Resources = _r(200, 1024, 2048)
+    grafana: Resources = _r(100, 192, 384)
+    alertmanager: Resources = _r(20, 64, 128)
+    operator: Resources = _r(50, 96, 192)
+    kube_state_metrics: Resources = _r(20, 96, 192)
+    node_exporter: Resources = _r(20, 48, 96)
+    mongodb_exporter: Resources = _r(20, 64, 128)
+    headlamp: Resources = _r(20, 64, 128)
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, v: str) -> str:
+        return _check(RETENTION, v, "a Prometheus retention like 7d, 48h or 2w")
+
+
+class CapacitySettings(_Model):
+    # Share of allocatable memory the platform may request; the rest is kept
+    # for Spark executors and notebooks.
+    max_platform_share: float = Field(default=0.60, gt=0, le=1)
+
+
+class Components(_Model):
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    mongo: MongoSettings = Field(default_factory=MongoSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    jupyter: JupyterSettings = Field(default_factory=JupyterSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    capacity: CapacitySettings = Field(default_factory=CapacitySettings)
+
+
+class Inventory(_Model):
+    cluster: Cluster = Field(default_factory=Cluster)
+    network: Network = Field(default_factory=Network)
+    ssh: Ssh = Field(default_factory=Ssh)
+    nodes: list[Node] = Field(min_length=1, max_length=100)
+    components: Components = Field(default_factory=Components)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Inventory:
+        seen_names: dict[str, int] = {}
+        seen_addrs: dict[ipaddress.IPv4Address, int] = {}
+        for i, node in enumerate(self.nodes):
+            if node.name in seen_names:
+                raise _FieldProblem(
+                    f"nodes[{i}].name", f"{node.name!r} is already used by nodes[{seen_names[node.name]}]; node names must be unique"
+                )
+            seen_names[node.name] = i
+            if node.address in seen_addrs:
+                raise _FieldProblem(
+                    f"nodes[{i}].address",
+                    f"{node.address} is already used by nodes[{seen_addrs[node.address]}]; node addresses must be unique",
+                )
+            seen_addrs[node.address] = i
+            if node.address not in self.network.subnet:
+                raise _FieldProblem(
+                    f"nodes[{i}].address",
+                    f"{node.address} is outside the private subnet {self.network.subnet}; fix the address or network.subnet",
+                )
+            if node.address in (self.network.subnet.network_address, self.network.subnet.broadcast_address):
+                raise _FieldProblem(
+                    f"nodes[{i}].address", f"{node.address} is the network or broadcast address of {self.network.subnet}; use a host address"
+                )
+            devices = [d.device for d in node.disks]
+            if len(set(devices)) != len(devices):
+                raise _FieldProblem(f"nodes[{i}].disks", f"node {node.name} lists the same device twice; list each disk once")
+
+        nets = {
+            "cluster.pod_cidr": self.cluster.pod_cidr,
+            "cluster.service_cidr": self.cluster.service_cidr,
+            "network.subnet": self.network.subnet,
+        }
+        names = list(nets)
+        for a in range(len(names)):
+            for b in range(a + 1, len(names)):
+                if nets[names[a]].overlaps(nets[names[b]]):
+                    raise _FieldProblem(
+                        names[b] if names[b] != "network.subnet" else names[a],
+                        f"{nets[names[a]]} ({names[a]}) overlaps {nets[names[b]]} ({names[b]}); pick ranges that do not overlap",
+                    )
+
+        control = [n for n in self.nodes if n.is_control_plane]
+        if len(control) != 1:
+            raise _FieldProblem(
+                "nodes", f"exactly one node must have the role control-plane, found {len(control)}; set roles: [control-plane] on one node"
+            )
+        if not any(n.schedulable for n in self.nodes):
+            raise _FieldProblem("nodes", "no node has the role worker; give at least one node the role worker")
+
+        if self.network.gateway is not None and self.network.gateway not in seen_names:
+            raise _FieldProblem("network.gateway", f"{self.network.gateway!r} is not the name of a node; name one of the nodes")
+        if self.network.gateway is None and not self.network.own_uplink:
+            raise _FieldProblem(
+                "network.gateway", "is missing; name the node with internet access, or set network.own_uplink: true"
+            )
+
+        workers = len(self.schedulable_nodes)
+        mongo = self.components.mongo
+        for field, count in (("replicas", mongo.replicas), ("config_replicas", mongo.config_replicas)):
+            if count > workers:
+                raise _FieldProblem(
+                    f"components.mongo.{field}",
+                    f"{count} replica set members need {count} schedulable nodes but the inventory has {workers}; lower it or add workers",
+                )
+        return self
+
+    # --- derived facts used by the stages and the planner ---
+
+    @property
+    def control_plane(self) -> Node:
+        return next(n for n in self.nodes if n.is_control_plane)
+
+    @property
+    def workers(self) -> list[Node]:
+        return [n for n in self.nodes if not n.is_control_plane]
+
+    @property
+    def schedulable_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if n.schedulable]
+
+    @property
+    def gateway_node(self) -> Node | None:
+        if self.network.own_uplink or self.network.gateway is None:
+            return None
+        return self.node(self.network.gateway)
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise InventoryError(f"nodes: there is no node named {name!r}; use one of {', '.join(n.name for n in self.nodes)}")
+
+    @property
+    def ceph_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if n.ceph_disks and n.schedulable]
+
+    @property
+    def storage_backend(self) -> Literal["rook-ceph", "local-path"]:
+        """Ceph needs at least 3 disks on at least 3 schedulable nodes."""
+        disks = sum(len(n.ceph_disks) for n in self.ceph_nodes)
+        return "rook-ceph" if len(self.ceph_nodes) >= 3 and disks >= 3 else "local-path"
+
+    @property
+    def ceph_replication(self) -> int:
+        return max(1, min(3, len(self.ceph_nodes)))
+
+    @property
+    def warnings(self) -> list[str]:
+        out = []
+        if self.storage_backend == "local-path":
+            disks = sum(len(n.ceph_disks) for n in self.nodes)
+            out.append(
+                f"storage: {disks} Ceph disk(s) on {len(self.ceph_nodes)} node(s) is fewer than 3 disks on 3 nodes, "
+                "so storage falls back to the local-path provisioner (no replication, RWX unavailable)"
+            )
+        unused = [n.name for n in self.nodes if any(d.use == "ceph" for d in n.disks) and not n.schedulable]
+        if unused:
+            out.append(f"storage: Ceph disks on {', '.join(unused)} are not used because those nodes run no workloads")
+        return out
+
+    @property
+    def mon_count(self) -> int:
+        return 3 if len(self.ceph_nodes) >= 3 else 1
+
+
+class _FieldProblem(ValueError):
+    """Raised inside validators to name the exact field path of a cross-field problem."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+# --- turning pydantic's errors into one sentence each ---
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "inventory"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _sentence(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    path = _path(loc)
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    got = _short(err.get("input"))
+    if kind == "value_error" and isinstance(ctx.get("error"), _FieldProblem):
+        problem: _FieldProblem = ctx["error"]
+        return f"{problem.path}: {problem.message}."
+    if kind == "missing":
+        return f"{path} is missing; add it (see inventory.example.yaml)."
+    if kind == "extra_forbidden":
+        return f"{path} is not a known field; remove it or fix its spelling."
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"{path} must be a whole number, got {got}."
+    if kind in ("float_type", "float_parsing", "finite_number"):
+        return f"{path} must be a number, got {got}."
+    if kind in ("bool_type", "bool_parsing"):
+        return f"{path} must be true or false, got {got}."
+    if kind in ("string_type",):
+        return f"{path} must be a string, got {got}."
+    if kind in ("list_type",):
+        return f"{path} must be a list, got {got}."
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"{path} must be a mapping of fields, got {got}."
+    if kind in ("too_short",):
+        return f"{path} must have at least {ctx.get('min_length')} item(s); add them."
+    if kind in ("too_long",):
+        return f"{path} may have at most {ctx.get('max_length')} items; remove some."
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        bound = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        limit = ctx.get("ge", ctx.get("gt", ctx.get("le", ctx.get("lt"))))
+        return f"{path} must be {bound} {limit}, got {got}."
+    if kind == "literal_error":
+        return f"{path} must be one of {ctx.get('expected')}, got {got}."
+    if kind in ("ip_v4_address", "ip_any_address"):
+        return f"{path} must be an IPv4 address like 192.168.1.10, got {got}."
+    if kind in ("ip_v4_network", "ip_any_network"):
+        return f"{path} must be an IPv4 network in CIDR form like 192.168.1.0/24 (host bits zero), got {got}."
+    msg = str(err.get("msg", "is invalid"))
+    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    msg = msg.replace("\n", " ").rstrip(".")
+    return f"{path}: {msg}; fix it."
+
+
+def problems_of(exc: ValidationError) -> list[str]:
+    return [_sentence(e) for e in exc.errors(include_url=False)]
+
+
+def parse_inventory(data: Any, source: str = "inventory") -> Inventory:
+    """Validate already-loaded YAML data."""
+    if not isinstance(data, dict):
+        raise InventoryError(f"{source} must be a YAML mapping with at least a 'nodes' list; see inventory.example.yaml.")
+    try:
+        return Inventory.model_validate(data)
+    except ValidationError as exc:
+        problems = problems_of(exc)
+        error = InventoryError(problems[0])
+        error.problems = problems  # type: ignore[attr-defined]
+        raise error from None
+    except RecursionError:
+        raise InventoryError(f"{source} is nested too deeply; keep to the layout of inventory.example.yaml.") from None
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError(
+            f"inventory file {path} does not exist; copy inventory.example.yaml to inventory.yaml and edit it."
+        ) from None
+    except UnicodeDecodeError:
+        raise InventoryError(f"inventory file {path} is not UTF-8 text; save it as UTF-8.") from None
+    except OSError as exc:
+        raise InventoryError(f"inventory file {path} cannot be read ({exc.strerror}); check the path and permissions.") from None
+    return parse_inventory_text(text, str(path))
+
+
+def parse_inventory_text(text: str, source: str = "inventory") -> Inventory:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise InventoryError(f"{source} is not valid YAML{where} ({problem}); fix the syntax there.") from None
+    return parse_inventory(data, source)
+
+
+# --- allocatable resources, as kubelet reserves them on a node ---
+
+
+def reserved_memory_mb(memory_mb: float) -> int:
+    """kube-reserved + system-reserved + eviction threshold, with the tiered rule
+    (25 % of the first 4 GiB, 20 % of the next 4, 10 % of the next 8, 6 % of the
+    next 112, 2 % above) that managed Kubernetes services use, plus 100 MiB eviction."""
+    tiers = [(4096, 0.25), (4096, 0.20), (8192, 0.10), (114688, 0.06), (math.inf, 0.02)]
+    left, total = memory_mb, 0.0
+    for size, share in tiers:
+        part = min(left, size)
+        total += part * share
+        left -= part
+        if left <= 0:
+            break
+    return int(total) + 100
+
+
+def reserved_cpu_m(cpus: int) -> int:
+    """6 % of the first core, 1 % of the second, 0.5 % of the next two, 0.25 % above."""
+    tiers = [(1, 60), (1, 10), (2, 5), (math.inf, 2.5)]
+    left, total = float(cpus), 0.0
+    for size, milli in tiers:
+        part = min(left, size)
+        total += part * milli
+        left -= part
+        if left <= 0:
+            break
+    return int(total)
+
+
+def allocatable(node: Node) -> tuple[int, int]:
+    """(cpu millicores, memory MiB) that pods may request on this node."""
+    mem = node.memory_gb * 1024
+    return node.cpu * 1000 - reserved_cpu_m(node.cpu), int(mem - reserved_memory_mb(mem))

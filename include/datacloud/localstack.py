@@ -1,0 +1,337 @@
+"""The local stack: FerretDB, ``airflow standalone`` and optionally Spark standalone.
+
+Each service starts in its own process group and its pid file records that
+group and the process start time, so ``down`` stops exactly what ``up``
+started (never a recycled pid) and leaves the data in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datacloud import config
+from datacloud.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("airflow", "spark-worker", "spark-master", "ferretdb")  # stop order
+
+
+def _versions() -> dict:
+    from datacloud.render import versions
+
+    return versions()["local"]
+
+
+def ferretdb_binary() -> Path:
+    return config.cache_dir() / "bin" / f"ferretdb-{_versions()['ferretdb']}"
+
+
+def spark_jars_dir() -> Path:
+    v = _versions()
+    return config.cache_dir() / "jars" / f"mongo-spark-connector_{v['scala_binary']}-{v['mongo_spark_connector']}"
+
+
+def spark_jars() -> list[Path]:
+    return sorted(spark_jars_dir().glob("*.jar"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def java_home() -> str | None:
+    if os.environ.get("JAVA_HOME"):
+        return os.environ["JAVA_HOME"]
+    java = shutil.which("java")
+    if not java:
+        return None
+    return str(Path(java).resolve().parent.parent)
+
+
+@dataclass
+class Stack:
+    """Where the local stack lives and which ports it uses."""
+
+    data_dir: Path = field(default_factory=config.data_dir)
+    airflow_port: int = field(default_factory=lambda: int(os.environ.get("DATACLOUD_AIRFLOW_PORT", "8080")))
+    mongo_port: int = field(default_factory=lambda: int(os.environ.get("DATACLOUD_MONGO_PORT", "27017")))
+    spark_port: int = field(default_factory=lambda: int(os.environ.get("DATACLOUD_SPARK_PORT", "7077")))
+    spark_ui_port: int = field(default_factory=lambda: int(os.environ.get("DATACLOUD_SPARK_UI_PORT", "8081")))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.data_dir / "airflow"
+
+    @property
+    def mongo_uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.mongo_port}/{config.MONGO_DATABASE}"
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.airflow_port}"
+
+    @property
+    def spark_master(self) -> str:
+        return f"spark://127.0.0.1:{self.spark_port}"
+
+    @property
+    def password_file(self) -> Path:
+        return self.airflow_home / "simple_auth_manager_passwords.json.generated"
+
+    def env(self) -> dict[str, str]:
+        """Environment for Airflow and for shells (``./dev env`` prints it)."""
+        mongo_conn = {"conn_type": "mongo", "host": "127.0.0.1", "port": self.mongo_port, "schema": config.MONGO_DATABASE}
+        spark_conn = {"conn_type": "spark", "host": f"spark://127.0.0.1", "port": self.spark_port, "extra": {"deploy-mode": "client"}}
+        env = {
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(config.REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(config.REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__API__PORT": str(self.airflow_port),
+            "AIRFLOW__API__BASE_URL": self.airflow_url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "20",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "DATACLOUD_DATA_DIR": str(self.data_dir),
+            "DATACLOUD_MONGO_URI": self.mongo_uri,
+            "DATACLOUD_SPARK_JARS": ",".join(str(p) for p in spark_jars()),
+            "DATACLOUD_SPARK_MASTER": self.spark_master,
+            "AIRFLOW_CONN_DATACLOUD_MONGO": json.dumps(mongo_conn),
+            "AIRFLOW_CONN_DATACLOUD_SPARK": json.dumps(spark_conn),
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            "PYSPARK_PYTHON": sys.executable,
+            "PYSPARK_DRIVER_PYTHON": sys.executable,
+        }
+        jh = java_home()
+        if jh:
+            env["JAVA_HOME"] = jh
+        return env
+
+    # --- process bookkeeping -------------------------------------------------
+
+    def _pidfile(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        logf = open(self.run_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            argv, env={**os.environ, **env, "DATACLOUD_STACK": str(self.data_dir)}, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=str(cwd or config.REPO_ROOT), start_new_session=True,
+        )
+        logf.close()
+        self._pidfile(name).write_text(json.dumps({"pid": proc.pid, "start": _start_time(proc.pid), "argv": argv[:2]}))
+        log.info("Stack | started %s (pgid %s), log %s", name, proc.pid, self.run_dir / f"{name}.log")
+        return proc.pid
+
+    def running(self, name: str) -> int | None:
+        """The process group id of a service we started that is still alive."""
+        try:
+            info = json.loads(self._pidfile(name).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        pid = int(info["pid"])
+        if _start_time(pid) != info.get("start"):
+            return None
+        return pid
+
+    def stop(self, name: str, timeout: float = 30) -> bool:
+        pgid = self.running(name)
+        pidfile = self._pidfile(name)
+        if pgid is None:
+            pidfile.unlink(missing_ok=True)
+            return False
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _group_alive(pgid):
+            time.sleep(0.2)
+        if _group_alive(pgid):
+            _signal_group(pgid, signal.SIGKILL)
+            while _group_alive(pgid) and time.monotonic() < deadline + 10:
+                time.sleep(0.1)
+        # Children that left the group (new sessions) still carry our marker.
+        for pid in self.strays():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pidfile.unlink(missing_ok=True)
+        log.info("Stack | stopped %s (pgid %s)", name, pgid)
+        return True
+
+    def strays(self) -> list[int]:
+        """Live processes started by this stack (they inherit DATACLOUD_STACK) outside a running service's group."""
+        marker = f"DATACLOUD_STACK={self.data_dir}".encode()
+        groups = {pg for pg in (self.running(n) for n in SERVICES) if pg}
+        out = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                    continue
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) not in groups:
+                out.append(int(entry.name))
+        return out
+
+    # --- services -------------------------------------------------------------
+
+    def start_ferretdb(self) -> None:
+        if self.running("ferretdb"):
+            return
+        binary = ferretdb_binary()
+        if not binary.exists():
+            raise UserError(f"FerretDB is not built ({binary} is missing); run ./dev setup.")
+        if port_open(self.mongo_port):
+            raise UserError(f"port {self.mongo_port} is already in use by another program; stop it or set DATACLOUD_MONGO_PORT.")
+        data = self.data_dir / "ferretdb"
+        data.mkdir(parents=True, exist_ok=True)
+        self._start(
+            "ferretdb",
+            [str(binary), "--handler=sqlite", f"--sqlite-url=file:{data}/", f"--listen-addr=127.0.0.1:{self.mongo_port}",
+             "--telemetry=disable", "--debug-addr=-", f"--state-dir={data}", "--log-level=WARN"],
+            {},
+        )
+        self._wait("FerretDB", lambda: port_open(self.mongo_port), 30, "ferretdb")
+
+    def start_airflow(self) -> None:
+        if self.running("airflow"):
+            return
+        if port_open(self.airflow_port):
+            raise UserError(f"port {self.airflow_port} is already in use by another program; stop it or set DATACLOUD_AIRFLOW_PORT.")
+        self.airflow_home.mkdir(parents=True, exist_ok=True)
+        airflow = str(Path(sys.executable).parent / "airflow")
+        self._start("airflow", [airflow, "standalone"], self.env())
+        self._wait("Airflow", self.airflow_healthy, 240, "airflow")
+
+    def start_spark(self) -> None:
+        spark_home = Path(__import__("pyspark").__file__).parent
+        spark_class = str(spark_home / "bin" / "spark-class")
+        env = {**self.env(), "SPARK_HOME": str(spark_home), "SPARK_LOG_DIR": str(self.run_dir), "SPARK_NO_DAEMONIZE": "1"}
+        if not self.running("spark-master"):
+            self._start(
+                "spark-master",
+                [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(self.spark_port),
+                 "--webui-port", str(self.spark_ui_port)],
+                env,
+            )
+            self._wait("Spark master", lambda: port_open(self.spark_port), 60, "spark-master")
+        if not self.running("spark-worker"):
+            self._start(
+                "spark-worker",
+                [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "2", "--memory", "2g",
+                 "--webui-port", "0", self.spark_master],
+                env,
+            )
+
+    def airflow_healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.airflow_url}/api/v2/monitor/health", timeout=3) as r:  # noqa: S310 - loopback
+                body = json.load(r)
+        except (OSError, ValueError):
+            return False
+        parts = [body.get(k, {}).get("status") for k in ("metadatabase", "scheduler", "dag_processor")]
+        return all(p == "healthy" for p in parts)
+
+    def _wait(self, what: str, check, timeout: float, name: str) -> None:
+        start = time.monotonic()
+        last = start
+        while time.monotonic() - start < timeout:
+            if check():
+                log.info("Stack | %s ready after %.1fs", what, time.monotonic() - start)
+                return
+            if not self.running(name):
+                tail = _tail(self.run_dir / f"{name}.log")
+                raise UserError(f"{what} exited while starting; see {self.run_dir / f'{name}.log'}: {tail}")
+            if time.monotonic() - last >= 15:
+                log.info("Stack | waiting for %s (%.0fs elapsed)", what, time.monotonic() - start)
+                last = time.monotonic()
+            time.sleep(0.5)
+        raise UserError(f"{what} did not become ready within {timeout:.0f}s; see {self.run_dir / f'{name}.log'}.")
+
+    def up(self, spark: bool = False) -> None:
+        self.start_ferretdb()
+        if spark:
+            self.start_spark()
+        self.start_airflow()
+
+    def down(self) -> list[str]:
+        stopped = []
+        for name in SERVICES:
+            if self.stop(name):
+                stopped.append(name)
+        return stopped
+
+    def admin_password(self) -> str:
+        try:
+            return json.loads(self.password_file.read_text())["admin"]
+        except (FileNotFoundError, KeyError, ValueError):
+            raise UserError(f"no admin password at {self.password_file}; start the stack with ./dev up.") from None
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,97 @@
+"""Shared fixtures: real local services on free ports, always stopped afterwards.
+
+Tests never use the developer's stack (ports 27017/8080, .data/): each
+session gets its own data folder and ports, so tests can run while
+``./dev up`` is running and helpers can run suites side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "include"))
+sys.path.insert(0, str(ROOT))
+
+from datacloud.localstack import Stack, ferretdb_binary, free_port  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests without a layer marker are unit tests; the folder decides otherwise."""
+    layers = {"unit", "dags", "integration", "lab", "e2e", "browser", "bench"}
+    for item in items:
+        if layers & {m.name for m in item.iter_markers()}:
+            continue
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        folder = parts[0] if len(parts) > 1 else "unit"
+        item.add_marker(getattr(pytest.mark, folder if folder in layers else "unit"))
+
+
+@pytest.fixture(scope="session")
+def stack_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Make isolated stacks (own data folder and ports); all are stopped at the end."""
+    made: list[Stack] = []
+
+    def make(**ports: int) -> Stack:
+        stack = Stack(
+            data_dir=tmp_path_factory.mktemp("stack"),
+            airflow_port=ports.get("airflow_port") or free_port(),
+            mongo_port=ports.get("mongo_port") or free_port(),
+            spark_port=ports.get("spark_port") or free_port(),
+            spark_ui_port=ports.get("spark_ui_port") or free_port(),
+        )
+        made.append(stack)
+        return stack
+
+    yield make
+    for stack in made:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def ferretdb(stack_factory) -> Stack:
+    """A real FerretDB (SQLite backend) on a free port for this test session."""
+    if not ferretdb_binary().exists():
+        pytest.fail("FerretDB is not built; run ./dev setup")
+    stack = stack_factory()
+    stack.start_ferretdb()
+    return stack
+
+
+@pytest.fixture
+def mongo_uri(ferretdb: Stack) -> str:
+    return ferretdb.mongo_uri
+
+
+@pytest.fixture(scope="session")
+def airflow_stack(stack_factory) -> Iterator[Stack]:
+    """FerretDB + ``airflow standalone`` on free ports, for integration and e2e tests."""
+    stack = stack_factory()
+    stack.start_ferretdb()
+    stack.start_airflow()
+    yield stack
+
+
+@pytest.fixture(scope="session")
+def airflow_api(airflow_stack: Stack):
+    from datacloud.api import AirflowAPI
+
+    return AirflowAPI(airflow_stack.airflow_url, "admin", airflow_stack.admin_password())
+
+
+@pytest.fixture
+def airflow_env(tmp_path: Path, ferretdb: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """Environment for ``dag.test()`` in-process: an own AIRFLOW_HOME with a fresh DB."""
+    env = ferretdb.env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return ferretdb
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"datacloud tests; root {ROOT}; uid {os.getuid()}"
