@@ -8,7 +8,10 @@ session gets its own data folder and ports, so tests can run while
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 sys.path.insert(0, str(ROOT))
+
+# Airflow reads its configuration when first imported: give the test process its
+# own AIRFLOW_HOME (never the developer's) before any test module imports it.
+_TEST_HOME = Path(tempfile.mkdtemp(prefix="datacloud-tests-"))
+os.environ["AIRFLOW_HOME"] = str(_TEST_HOME / "airflow")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ["DATACLOUD_DATA_DIR"] = str(_TEST_HOME / "data")
 
 from datacloud.localstack import Stack, ferretdb_binary, free_port  # noqa: E402
 
@@ -74,7 +87,7 @@ def airflow_stack(stack_factory) -> Iterator[Stack]:
     stack = stack_factory()
     stack.start_ferretdb()
     stack.start_airflow()
-    yield stack
+    return stack
 
 
 @pytest.fixture(scope="session")
@@ -84,13 +97,32 @@ def airflow_api(airflow_stack: Stack):
     return AirflowAPI(airflow_stack.airflow_url, "admin", airflow_stack.admin_password())
 
 
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """The test process's Airflow metadata DB (SQLite under the session AIRFLOW_HOME), migrated once."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    if not (home / "airflow.db").exists():
+        airflow = str(Path(sys.executable).parent / "airflow")
+        subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    return home
+
+
 @pytest.fixture
-def airflow_env(tmp_path: Path, ferretdb: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
-    """Environment for ``dag.test()`` in-process: an own AIRFLOW_HOME with a fresh DB."""
-    env = ferretdb.env()
-    for key, value in env.items():
+def airflow_env(airflow_db: Path, ferretdb: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """Environment for ``dag.test()`` in-process: the session's Airflow DB, FerretDB connections.
+
+    AIRFLOW_HOME stays the session's (Airflow has read it at import); the rest of
+    the stack's env (connections, Mongo URI, Spark jars) is applied per test.
+    """
+    for key, value in ferretdb.env().items():
+        if key.startswith("AIRFLOW__") or key == "AIRFLOW_HOME":
+            continue
         monkeypatch.setenv(key, value)
     return ferretdb
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_TEST_HOME, ignore_errors=True)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

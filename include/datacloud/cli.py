@@ -49,8 +49,6 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     from datacloud.localstack import Stack
 
-    venv_bin = Path(sys.executable).parent
-    print(f"export PATH={shlex.quote(str(venv_bin))}:\"$PATH\"")
     for key, value in Stack().env().items():
         print(f"export {key}={shlex.quote(value)}")
     return 0

@@ -6,10 +6,10 @@ User-fixable errors bypass these retries: tasks raise them inside
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 OWNER = "datacloud"
-START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START = datetime(2024, 1, 1, tzinfo=UTC)
 
 DEFAULT_ARGS = {
     "owner": OWNER,

@@ -315,7 +315,7 @@ class Inventory(_Model):
             raise _FieldProblem("network.gateway", f"{self.network.gateway!r} is not the name of a node; name one of the nodes")
         if self.network.gateway is None and not self.network.own_uplink:
             raise _FieldProblem(
-                "network.gateway", "is missing; name the node with internet access, or set network.own_uplink: true"
+                "network.gateway", "no gateway node is named; name the node with internet access, or set network.own_uplink: true"
             )
 
         workers = len(self.schedulable_nodes)
@@ -446,6 +446,7 @@ def _sentence(err: dict[str, Any]) -> str:
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         bound = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
         limit = ctx.get("ge", ctx.get("gt", ctx.get("le", ctx.get("lt"))))
+        limit = f"{limit:g}" if isinstance(limit, float) else limit
         return f"{path} must be {bound} {limit}, got {got}."
     if kind == "literal_error":
         return f"{path} must be one of {ctx.get('expected')}, got {got}."

@@ -106,7 +106,7 @@ class Stack:
     def env(self) -> dict[str, str]:
         """Environment for Airflow and for shells (``./dev env`` prints it)."""
         mongo_conn = {"conn_type": "mongo", "host": "127.0.0.1", "port": self.mongo_port, "schema": config.MONGO_DATABASE}
-        spark_conn = {"conn_type": "spark", "host": f"spark://127.0.0.1", "port": self.spark_port, "extra": {"deploy-mode": "client"}}
+        spark_conn = {"conn_type": "spark", "host": "spark://127.0.0.1", "port": self.spark_port, "extra": {"deploy-mode": "client"}}
         env = {
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(config.REPO_ROOT / "dags"),
@@ -130,6 +130,8 @@ class Stack:
             "SPARK_LOCAL_IP": "127.0.0.1",
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
+            # airflow standalone starts its components as `airflow ...` from PATH
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         }
         jh = java_home()
         if jh:
@@ -143,7 +145,7 @@ class Stack:
 
     def _start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        logf = open(self.run_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        logf = open(self.run_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
             argv, env={**os.environ, **env, "DATACLOUD_STACK": str(self.data_dir)}, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=str(cwd or config.REPO_ROOT), start_new_session=True,

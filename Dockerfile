@@ -1,0 +1,25 @@
+# The Airflow image for running datacloud on an admin host or in a cluster.
+# It cannot be built on the development machine (no Docker engine there);
+# tests/unit/test_dockerfile.py keeps the base tag equal to the Airflow pin.
+FROM apache/airflow:3.3.2-python3.11
+
+USER root
+# The spark provider's spark-submit and the local Spark target need a JRE;
+# kubectl/helm run on the control plane over SSH, not in this image.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless openssh-client \
+ && rm -rf /var/lib/apt/lists/*
+
+USER airflow
+COPY --chown=airflow:0 requirements.txt constraints.txt /opt/datacloud/
+RUN pip install --no-cache-dir -c /opt/datacloud/constraints.txt -r /opt/datacloud/requirements.txt \
+ && pip install --no-cache-dir --force-reinstall --no-deps "pyspark==4.2.0"
+
+COPY --chown=airflow:0 pyproject.toml /opt/datacloud/
+COPY --chown=airflow:0 include /opt/datacloud/include
+COPY --chown=airflow:0 manifests /opt/datacloud/manifests
+COPY --chown=airflow:0 dags /opt/airflow/dags
+COPY --chown=airflow:0 plugins /opt/airflow/plugins
+RUN pip install --no-cache-dir --no-deps -e /opt/datacloud
+
+ENV DATACLOUD_DATA_DIR=/opt/airflow/datacloud-data
