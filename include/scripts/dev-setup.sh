@@ -116,7 +116,8 @@ else
   rm -rf "$build"
   did+=("ferretdb $ferret_version")
 fi
-"$FERRET" --version | grep -q "version: $ferret_version" || die "$FERRET does not report $ferret_version."
+ferret_reports=$("$FERRET" --version 2>&1 || true)
+[[ "$ferret_reports" == *"version: $ferret_version"* ]] || die "$FERRET does not report $ferret_version."
 
 # --- MongoDB Spark connector jars ------------------------------------------------
 scala=$(pin scala_binary); connector=$(pin mongo_spark_connector)
