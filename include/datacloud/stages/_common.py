@@ -18,7 +18,7 @@ from datacloud.inventory import K8S_VERSION, Inventory, Node, load_inventory
 log = logging.getLogger(__name__)
 
 # An inventory path from the Params form: plain path characters only.
-SAFE_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,255}$")
+SAFE_PATH = re.compile(r"^/?[A-Za-z0-9_][A-Za-z0-9_./-]{0,255}$")
 
 
 class ParamsError(UserError):

@@ -34,7 +34,7 @@ def provision_params(default_inventory: str = "inventory.yaml") -> dict[str, Par
             title="Inventory file",
             minLength=1,
             maxLength=256,
-            pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$",
+            pattern=r"^/?[A-Za-z0-9_][A-Za-z0-9_./-]*$",
             description="Path of the inventory YAML; relative paths start at the project folder.",
         ),
         "stages": Param(
