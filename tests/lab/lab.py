@@ -402,7 +402,7 @@ class Lab:
 
     def _start_repo(self, repo: Path) -> None:
         self.repo_port = free_port_on(self.host_address)
-        log = open(self.state / "repo-http.log", "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.state / "repo-http.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "http.server", str(self.repo_port), "--bind", self.host_address, "--directory", str(repo)],
             stdout=log,
@@ -475,7 +475,7 @@ class Lab:
     def start_node(self, node: LabNode, rootfs: Path | None = None, wait: bool = True) -> None:
         rootfs = rootfs or rootfs_dir() / "rootfs"
         work = node.dir / "work"
-        log = open(node.dir / "sshd.log", "ab")  # noqa: SIM115 - handed to the child
+        log = open(node.dir / "sshd.log", "ab")
         proc = subprocess.Popen(
             [
                 "ip",
