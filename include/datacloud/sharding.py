@@ -118,7 +118,9 @@ def verify_cluster(
     status = ClusterStatus(shards=names, balancer_mode="")
     for shard in shards:
         if shard.get("draining"):
-            raise ShardingError(f"shard {shard['_id']} is draining (being removed); let the removal finish or cancel it before re-running.")
+            raise ShardingError(
+                f"shard {shard['_id']} is draining (being removed); let the removal finish or cancel it before re-running."
+            )
         rs_name, hosts = _replset_hosts(shard["host"])
         if connect_member is None:
             log.info("Mongo | members of %s not checked (no direct member connection)", shard["_id"])
@@ -137,14 +139,19 @@ def verify_cluster(
 
 def _check_members(shard: str, rs_name: str, hosts: list[str], connect_member: Callable[[str], MongoClient]) -> list[str]:
     if not hosts:
-        raise ShardingError(f"shard {shard} has no member hosts in listShards; check the operator log (kubectl -n mongo logs deploy/psmdb-operator).")
+        raise ShardingError(
+            f"shard {shard} has no member hosts in listShards; "
+            "check the operator log (kubectl -n mongo logs deploy/psmdb-operator)."
+        )
     member_client = connect_member(hosts[0])
     try:
         rs = member_client.admin.command("replSetGetStatus")
     finally:
         member_client.close()
     if rs.get("set") != rs_name:
-        raise ShardingError(f"{hosts[0]} belongs to replica set {rs.get('set')!r}, not {rs_name!r} as listShards says; check the shard's pods.")
+        raise ShardingError(
+            f"{hosts[0]} belongs to replica set {rs.get('set')!r}, not {rs_name!r} as listShards says; check the shard's pods."
+        )
     seen = []
     for member in rs.get("members", []):
         state = member.get("stateStr", "?")
@@ -194,7 +201,8 @@ def ensure_sharding(client: MongoClient, database: str = MONGO_DATABASE) -> list
         else:
             raise ShardingError(
                 f"{ns} is already sharded on {_fmt(current)}, not {_fmt(spec.key)}; reshard it "
-                f"(db.adminCommand({{reshardCollection: '{ns}', key: {_fmt(spec.key)}}})) or drop the collection, then re-run the stage."
+                f"(db.adminCommand({{reshardCollection: '{ns}', key: {_fmt(spec.key)}}})) "
+                "or drop the collection, then re-run the stage."
             )
 
     for index in INDEXES:
@@ -206,7 +214,9 @@ def ensure_sharding(client: MongoClient, database: str = MONGO_DATABASE) -> list
             coll.create_index(list(index.keys), name=index.name, unique=index.unique)
             changes.append(f"created index {index.name} on {database}.{index.collection}")
             log.info("Mongo | index %s on %s.%s created", index.name, database, index.collection)
-        elif _key(found["key"]) != _key(wanted) or list(found["key"]) != list(wanted) or bool(found.get("unique")) != index.unique:
+        elif (
+            _key(found["key"]) != _key(wanted) or list(found["key"]) != list(wanted) or bool(found.get("unique")) != index.unique
+        ):
             raise ShardingError(
                 f"index {index.name} on {database}.{index.collection} exists with keys {_fmt(found['key'])}"
                 f"{' (unique)' if found.get('unique') else ''}, not {_fmt(wanted)}; drop that index and re-run the stage."
@@ -225,7 +235,9 @@ def shard_report(client: MongoClient, database: str = MONGO_DATABASE, collection
         raise ShardingError(f"{ns} is not sharded; run the mongo stage (it shards it) before the report.")
     chunks = {
         d["_id"]: int(d["n"])
-        for d in client["config"]["chunks"].aggregate([{"$match": {"uuid": meta["uuid"]}}, {"$group": {"_id": "$shard", "n": {"$sum": 1}}}])
+        for d in client["config"]["chunks"].aggregate(
+            [{"$match": {"uuid": meta["uuid"]}}, {"$group": {"_id": "$shard", "n": {"$sum": 1}}}]
+        )
     }
     documents: dict[str, int] = {}
     for d in client[database][collection].aggregate([{"$collStats": {"count": {}}}]):

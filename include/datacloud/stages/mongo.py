@@ -34,7 +34,13 @@ MONGO_PORT = 27017
 USERS_SECRET = f"{CLUSTER}-users"  # the operator's system users
 KEYFILE_SECRET = f"{CLUSTER}-keyfile"  # internal (member) authentication
 KEYFILE_KEY = "mongodb-key"
-SYSTEM_USERS = ("MONGODB_BACKUP", "MONGODB_DATABASE_ADMIN", "MONGODB_CLUSTER_ADMIN", "MONGODB_CLUSTER_MONITOR", "MONGODB_USER_ADMIN")
+SYSTEM_USERS = (
+    "MONGODB_BACKUP",
+    "MONGODB_DATABASE_ADMIN",
+    "MONGODB_CLUSTER_ADMIN",
+    "MONGODB_CLUSTER_MONITOR",
+    "MONGODB_USER_ADMIN",
+)
 
 # Our own users, created by the operator from spec.users (authentication db admin).
 USERS: tuple[dict[str, Any], ...] = (
@@ -107,7 +113,13 @@ def render(inv: Inventory) -> Rendered:
         "node_port": m.node_port,
         "users": USERS,
     }
-    crds = Release(name="psmdb-operator-crds", namespace=NAMESPACE, chart=v["psmdb_crds_chart"], repo=v["psmdb_repo"], version=v["psmdb_chart_version"])
+    crds = Release(
+        name="psmdb-operator-crds",
+        namespace=NAMESPACE,
+        chart=v["psmdb_crds_chart"],
+        repo=v["psmdb_repo"],
+        version=v["psmdb_chart_version"],
+    )
     operator = Release(
         name="psmdb-operator",
         namespace=NAMESPACE,
