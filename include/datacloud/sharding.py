@@ -211,7 +211,8 @@ def ensure_sharding(client: MongoClient, database: str = MONGO_DATABASE) -> list
         wanted = dict(index.keys)
         found = existing.get(index.name)
         if found is None:
-            coll.create_index(list(index.keys), name=index.name, unique=index.unique)
+            options: dict[str, Any] = {"unique": True} if index.unique else {}
+            coll.create_index(list(index.keys), name=index.name, **options)
             changes.append(f"created index {index.name} on {database}.{index.collection}")
             log.info("Mongo | index %s on %s.%s created", index.name, database, index.collection)
         elif (
