@@ -14,15 +14,26 @@ connection ``datacloud_mongo``.
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import logging
+import os
 import secrets
+import subprocess
+import tempfile
 import urllib.parse
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from datacloud.config import MONGO_DATABASE
+from datacloud.config import MONGO_CONN_ID, MONGO_DATABASE
+from datacloud.errors import TransientError
 from datacloud.inventory import Inventory, MongoSettings
 from datacloud.render import Release, Rendered, render_template, versions
-from datacloud.stages.storage import k8s_resources, storage_classes
+from datacloud.stages._common import Step, outcome
+from datacloud.stages.storage import k8s_resources, storage_classes, wait_until
+
+if TYPE_CHECKING:  # pymongo is imported where it is used: the DAG parses this module
+    from pymongo import MongoClient
 
 log = logging.getLogger(__name__)
 
@@ -198,3 +209,185 @@ def airflow_connection(inv: Inventory, password: str) -> dict[str, Any]:
         "schema": MONGO_DATABASE,
         "extra": {"authSource": "admin"},
     }
+
+
+# --- running the stage (the STEPS of its TaskGroup; see datacloud.stages) ---
+
+READY_TIMEOUT_S = 1800
+
+
+def secret_values(kube: Any, name: str) -> dict[str, str] | None:
+    """The decoded data of a Secret in the mongo namespace (never logged), or None."""
+    obj = kube.get_json("secret", name, namespace=NAMESPACE)
+    if obj is None:
+        return None
+    return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+
+
+def step_apply(ctx: Any) -> dict[str, Any]:
+    """Namespace, Secrets (created once, never rotated here), operator charts, the cluster object."""
+    rendered = render(ctx.inv)
+    changes: list[str] = []
+    with ctx.kube() as kube:
+        changes += kube.apply(rendered.objects["namespace"]).changed
+        fresh = generate_secrets()
+        for name, data in fresh.items():
+            if kube.exists("secret", name, namespace=NAMESPACE):
+                log.info("Mongo | Secret | %s exists (unchanged)", name)
+                continue
+            kube.apply([secret_manifest(name, data)])
+            changes.append(f"Secret/{NAMESPACE}/{name} created with generated values")
+        for release in rendered.releases:
+            if kube.helm_upgrade(release):
+                changes.append(f"helm release {release.name} {release.chart} {release.version}")
+        if not ctx.dry_run:
+            kube.rollout_status("deployment", "psmdb-operator", namespace=NAMESPACE)
+        changes += kube.apply(rendered.objects["cluster"]).changed
+    return outcome("mongo", "apply", changes, ctx.dry_run)
+
+
+def psmdb_state(obj: dict[str, Any] | None) -> tuple[bool, str]:
+    if not obj:
+        return False, "PerconaServerMongoDB not created yet"
+    status = obj.get("status") or {}
+    state = status.get("state", "unknown")
+    parts = [f"state {state}"]
+    for name, rs in sorted((status.get("replsets") or {}).items()):
+        parts.append(f"{name} {rs.get('ready', 0)}/{rs.get('size', '?')}")
+    mongos = status.get("mongos") or {}
+    if mongos:
+        parts.append(f"mongos {mongos.get('ready', 0)}/{mongos.get('size', '?')}")
+    if status.get("message"):
+        parts.append(str(status["message"]))
+    return state == "ready", ", ".join(parts)
+
+
+def step_ready(ctx: Any) -> dict[str, Any]:
+    """Wait until the operator reports the sharded cluster ready."""
+    with ctx.kube() as kube:
+        if ctx.dry_run and not kube.exists("perconaservermongodb", CLUSTER, namespace=NAMESPACE):
+            return outcome("mongo", "ready", [], True, state="not created yet (dry run)")
+        state = wait_until(
+            "Mongo | PerconaServerMongoDB",
+            lambda: psmdb_state(kube.get_json("perconaservermongodb", CLUSTER, namespace=NAMESPACE)),
+            READY_TIMEOUT_S,
+        )
+    return outcome("mongo", "ready", [], ctx.dry_run, state=state)
+
+
+def _client(host: str, port: int, user: str, password: str) -> MongoClient:
+    from pymongo import MongoClient
+
+    return MongoClient(
+        host=host,
+        port=port,
+        username=user,
+        password=password,
+        authSource="admin",
+        directConnection=True,
+        serverSelectionTimeoutMS=20_000,
+        appname="datacloud-provision",
+    )
+
+
+def step_sharding(ctx: Any) -> dict[str, Any]:
+    """Through mongos (over SSH): verify shards, members and balancer; converge sharding and
+    indexes; report chunks and documents of flights per shard once data exists."""
+    from datacloud import sharding
+    from datacloud.forward import ssh_forward
+
+    m = ctx.inv.components.mongo
+    with ctx.kube() as kube, contextlib.ExitStack() as stack:
+        service = kube.get_json("service", f"{CLUSTER}-mongos", namespace=NAMESPACE)
+        admin = secret_values(kube, f"{CLUSTER}-admin")
+        system = secret_values(kube, USERS_SECRET)
+        if service is None or admin is None or system is None:
+            if ctx.dry_run:
+                return outcome("mongo", "sharding", ["would enable sharding and shard flights, daily_delay_stats"], True)
+            raise TransientError("the mongos Service or the user Secrets are missing; the apply step has not finished")
+        transport = kube.remote.connect().get_transport()
+        host, port = stack.enter_context(ssh_forward(transport, service["spec"]["clusterIP"], MONGO_PORT))
+        client = stack.enter_context(_client(host, port, ADMIN_USER, admin["password"]))
+
+        def connect_member(hostport: str) -> MongoClient:
+            pod = hostport.split(":", 1)[0].split(".", 1)[0]
+            obj = kube.get_json("pod", pod, namespace=NAMESPACE) or {}
+            pod_ip = (obj.get("status") or {}).get("podIP")
+            if not pod_ip:
+                raise TransientError(f"pod {pod} of a shard has no IP yet")
+            h, p = stack.enter_context(ssh_forward(transport, pod_ip, int(hostport.rsplit(":", 1)[1])))
+            return _client(h, p, system["MONGODB_CLUSTER_MONITOR_USER"], system["MONGODB_CLUSTER_MONITOR_PASSWORD"])
+
+        status = sharding.verify_cluster(client, m.shards, connect_member)
+        if ctx.dry_run:
+            return outcome("mongo", "sharding", [], True, shards=status.shards)
+        changes = [c for c in sharding.ensure_sharding(client) if c != "unchanged"]
+        report = sharding.shard_report(client)
+    loads = [{"shard": r.shard, "chunks": r.chunks, "documents": r.documents} for r in report]
+    return outcome("mongo", "sharding", changes, False, shards=status.shards, flights=loads)
+
+
+def publish_connection(
+    conn_id: str,
+    fields: dict[str, Any],
+    get_uri: Callable[[str], str | None],
+    write: Callable[[str, dict[str, Any]], None],
+) -> bool:
+    """Store the connection unless it already holds exactly these fields; True when written."""
+    from airflow.models.connection import Connection
+
+    wanted = Connection(conn_id=conn_id, **{**fields, "extra": json.dumps(fields.get("extra") or {})}).get_uri()
+    if get_uri(conn_id) == wanted:
+        return False
+    write(conn_id, fields)
+    return True
+
+
+def _current_uri(conn_id: str) -> str | None:
+    from airflow.sdk import BaseHook
+
+    try:
+        return BaseHook.get_connection(conn_id).get_uri()
+    except Exception:  # noqa: BLE001 - "not found" has several exception types across Airflow versions
+        return None
+
+
+def _write_connection(conn_id: str, fields: dict[str, Any]) -> None:
+    """``airflow connections import --overwrite`` from a 0600 file that is deleted at once:
+    the password never appears on a command line or in a log."""
+    with tempfile.TemporaryDirectory(prefix="datacloud-conn-") as tmp:
+        path = os.path.join(tmp, "connection.json")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({conn_id: {**fields, "extra": json.dumps(fields.get("extra") or {})}}, f)
+        res = subprocess.run(
+            ["airflow", "connections", "import", "--overwrite", path], capture_output=True, text=True, check=False
+        )
+    if res.returncode != 0:
+        raise TransientError(
+            f"airflow connections import of {conn_id} failed: {(res.stderr.strip().splitlines() or ['no output'])[-1]}"
+        )
+
+
+def step_connection(ctx: Any) -> dict[str, Any]:
+    """The application user's URI as the Airflow connection datacloud_mongo."""
+    with ctx.kube() as kube:
+        app = secret_values(kube, f"{CLUSTER}-app")
+    if app is None:
+        if ctx.dry_run:
+            return outcome("mongo", "connection", [f"would store connection {MONGO_CONN_ID}"], True)
+        raise TransientError("the application user's Secret is missing; the apply step has not finished")
+    fields = airflow_connection(ctx.inv, app["password"])
+    if ctx.dry_run:
+        same = _current_uri(MONGO_CONN_ID) is not None
+        return outcome("mongo", "connection", [] if same else [f"would store connection {MONGO_CONN_ID}"], True)
+    written = publish_connection(MONGO_CONN_ID, fields, _current_uri, _write_connection)
+    return outcome("mongo", "connection", [f"connection {MONGO_CONN_ID} stored"] if written else [], False)
+
+
+STEPS = [
+    Step("apply", step_apply),
+    Step("ready", step_ready),
+    Step("sharding", step_sharding),
+    Step("connection", step_connection),
+]

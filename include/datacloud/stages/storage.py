@@ -14,12 +14,17 @@ binding a claim, writing through a pod, and deleting both.
 from __future__ import annotations
 
 import logging
+import secrets
+import time
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
+from datacloud.errors import TransientError
 from datacloud.inventory import Inventory, Resources, StorageSettings
 from datacloud.render import Release, Rendered, render_template, versions
+from datacloud.stages._common import Step, outcome
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +187,141 @@ def probe_objects(storage_class: str, access_mode: str, name: str, namespace: st
     return render_template(
         "storage/probe.yaml", name=name, namespace=namespace, storage_class=storage_class, access_mode=access_mode, res=res
     )
+
+
+# --- running the stage (the STEPS of its TaskGroup; see datacloud.stages) ---
+
+PROBE_NAMESPACE = "default"
+POLL_S = 5.0
+PROGRESS_EVERY_S = 15.0
+
+
+def wait_until(
+    what: str,
+    check: Callable[[], tuple[bool, str]],
+    timeout_s: float,
+    *,
+    interval_s: float = POLL_S,
+    progress_every_s: float = PROGRESS_EVERY_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Call ``check()`` -> (done, state) until done; log the state at most every
+    ``progress_every_s``; a timeout is a TransientError naming the last state
+    (the task retries)."""
+    start = clock()
+    last_log = -progress_every_s
+    while True:
+        done, state = check()
+        now = clock() - start
+        if done:
+            log.info("%s | ready after %.0fs: %s", what, now, state)
+            return state
+        if now - last_log >= progress_every_s:
+            log.info("%s | waiting (%.0fs of %.0fs): %s", what, now, timeout_s, state)
+            last_log = now
+        if now >= timeout_s:
+            raise TransientError(f"{what}: not ready after {timeout_s:.0f}s; last state: {state}")
+        sleep(interval_s)
+
+
+def ceph_health(cluster: dict[str, Any] | None) -> tuple[bool, str]:
+    """(acceptable, description) from a CephCluster object's status."""
+    if not cluster:
+        return False, "CephCluster not created yet"
+    status = cluster.get("status") or {}
+    ceph = status.get("ceph") or {}
+    health = ceph.get("health")
+    phase = status.get("phase", "?")
+    if not health:
+        return False, f"phase {phase}, no Ceph health reported yet"
+    checks = sorted((ceph.get("details") or {}).items())
+    names = [name for name, _ in checks]
+    if health == "HEALTH_OK":
+        return True, "HEALTH_OK"
+    if health == "HEALTH_WARN" and all(name in HEALTH_WARN_ALLOWED for name in names):
+        return True, "HEALTH_WARN accepted: " + "; ".join(f"{n} ({HEALTH_WARN_ALLOWED[n]})" for n in names)
+    detail = "; ".join(f"{name}: {(d or {}).get('message', '')}" for name, d in checks) or "no details"
+    return False, f"{health} (phase {phase}): {detail}"
+
+
+def step_apply(ctx: Any) -> dict[str, Any]:
+    """Install the operator (or local-path) and apply the cluster, pools and classes."""
+    inv = ctx.inv
+    rendered = render(inv)
+    changes: list[str] = []
+    if inv.storage_backend == "local-path":
+        log.info("Storage | Backend | %s", inv.warnings[0] if inv.warnings else "local-path")
+    with ctx.kube() as kube:
+        first = ["namespace"] if "namespace" in rendered.objects else []
+        for stem in first:
+            changes += kube.apply(rendered.objects[stem]).changed
+        for release in rendered.releases:
+            if kube.helm_upgrade(release):
+                changes.append(f"helm release {release.name} {release.chart} {release.version}")
+        if rendered.releases and not ctx.dry_run:
+            kube.rollout_status("deployment", "rook-ceph-operator", namespace=CEPH_NAMESPACE)
+        for stem, objects in rendered.objects.items():
+            if stem not in first:
+                changes += kube.apply(objects).changed
+        if inv.storage_backend == "local-path" and not ctx.dry_run:
+            kube.rollout_status("deployment", "local-path-provisioner", namespace=LOCAL_PATH_NAMESPACE)
+    return outcome("storage", "apply", changes, ctx.dry_run, backend=inv.storage_backend)
+
+
+def step_health(ctx: Any) -> dict[str, Any]:
+    """Wait for HEALTH_OK, or HEALTH_WARN whose checks are all on the allow-list."""
+    inv = ctx.inv
+    if inv.storage_backend != "rook-ceph":
+        return outcome("storage", "health", [], ctx.dry_run, health="local-path (no Ceph)")
+    for name, why in HEALTH_WARN_ALLOWED.items():
+        log.info("Storage | Health | HEALTH_WARN allowed for %s: %s", name, why)
+    with ctx.kube() as kube:
+        if ctx.dry_run and not kube.exists("cephcluster", CEPH_CLUSTER, namespace=CEPH_NAMESPACE):
+            return outcome("storage", "health", [], True, health="not created yet (dry run)")
+        state = wait_until(
+            "Storage | Ceph health",
+            lambda: ceph_health(kube.get_json("cephcluster", CEPH_CLUSTER, namespace=CEPH_NAMESPACE)),
+            inv.components.storage.health_timeout_s,
+        )
+    return outcome("storage", "health", [], ctx.dry_run, health=state)
+
+
+def step_prove(ctx: Any) -> dict[str, Any]:
+    """Bind a claim of every class through a pod that writes to it, then delete both."""
+    inv = ctx.inv
+    classes = storage_classes(inv)
+    wanted = [(classes["rwo"], "ReadWriteOnce", "rwo")] + ([(classes["rwx"], "ReadWriteMany", "rwx")] if classes["rwx"] else [])
+    if ctx.dry_run:
+        return outcome("storage", "prove", [], True, proven=[])
+    proven = []
+    timeout = 300
+    with ctx.kube() as kube:
+        for storage_class, mode, short in wanted:
+            name = f"datacloud-probe-{short}-{secrets.token_hex(4)}"
+            objects = probe_objects(storage_class, mode, name, PROBE_NAMESPACE)
+            try:
+                kube.apply(objects)
+                res = kube.kubectl(
+                    "wait", "pod", name, "--namespace", PROBE_NAMESPACE,
+                    "--for=jsonpath={.status.phase}=Succeeded", f"--timeout={timeout}s",
+                    check=False, timeout=timeout + 60,
+                )  # fmt: skip
+                claim = kube.get_json("persistentvolumeclaim", name, namespace=PROBE_NAMESPACE) or {}
+                phase = (claim.get("status") or {}).get("phase")
+                if res.rc != 0 or phase != "Bound":
+                    raise TransientError(
+                        f"storage class {storage_class} did not serve a {mode} claim within {timeout}s "
+                        f"(claim {phase or 'missing'})"
+                    )
+                log.info("Storage | Prove | %s served a %s claim and a pod wrote to it", storage_class, mode)
+                proven.append(storage_class)
+            finally:
+                kube.kubectl(
+                    "delete", "pod,persistentvolumeclaim", name, "--namespace", PROBE_NAMESPACE,
+                    "--ignore-not-found", "--wait=true", "--timeout=120s", check=False,
+                )  # fmt: skip
+    return outcome("storage", "prove", [], False, proven=proven)
+
+
+STEPS = [Step("apply", step_apply), Step("health", step_health), Step("prove", step_prove)]
