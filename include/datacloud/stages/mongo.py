@@ -330,26 +330,32 @@ def step_sharding(ctx: Any) -> dict[str, Any]:
 def publish_connection(
     conn_id: str,
     fields: dict[str, Any],
-    get_uri: Callable[[str], str | None],
+    get_current: Callable[[str], dict[str, Any] | None],
     write: Callable[[str, dict[str, Any]], None],
 ) -> bool:
     """Store the connection unless it already holds exactly these fields; True when written."""
-    from airflow.models.connection import Connection
-
-    wanted = Connection(conn_id=conn_id, **{**fields, "extra": json.dumps(fields.get("extra") or {})}).get_uri()
-    if get_uri(conn_id) == wanted:
+    if get_current(conn_id) == fields:
         return False
     write(conn_id, fields)
     return True
 
 
-def _current_uri(conn_id: str) -> str | None:
+def _current_fields(conn_id: str) -> dict[str, Any] | None:
     from airflow.sdk import BaseHook
 
     try:
-        return BaseHook.get_connection(conn_id).get_uri()
+        conn = BaseHook.get_connection(conn_id)
     except Exception:  # noqa: BLE001 - "not found" has several exception types across Airflow versions
         return None
+    return {
+        "conn_type": conn.conn_type,
+        "host": conn.host,
+        "port": conn.port,
+        "login": conn.login,
+        "password": conn.password,
+        "schema": conn.schema,
+        "extra": conn.extra_dejson,
+    }
 
 
 def _write_connection(conn_id: str, fields: dict[str, Any]) -> None:
@@ -379,9 +385,9 @@ def step_connection(ctx: Any) -> dict[str, Any]:
         raise TransientError("the application user's Secret is missing; the apply step has not finished")
     fields = airflow_connection(ctx.inv, app["password"])
     if ctx.dry_run:
-        same = _current_uri(MONGO_CONN_ID) is not None
+        same = _current_fields(MONGO_CONN_ID) == fields
         return outcome("mongo", "connection", [] if same else [f"would store connection {MONGO_CONN_ID}"], True)
-    written = publish_connection(MONGO_CONN_ID, fields, _current_uri, _write_connection)
+    written = publish_connection(MONGO_CONN_ID, fields, _current_fields, _write_connection)
     return outcome("mongo", "connection", [f"connection {MONGO_CONN_ID} stored"] if written else [], False)
 
 

@@ -201,14 +201,17 @@ def wait_until(
     check: Callable[[], tuple[bool, str]],
     timeout_s: float,
     *,
-    interval_s: float = POLL_S,
+    interval_s: float | None = None,
     progress_every_s: float = PROGRESS_EVERY_S,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> str:
     """Call ``check()`` -> (done, state) until done; log the state at most every
     ``progress_every_s``; a timeout is a TransientError naming the last state
     (the task retries)."""
+    clock = clock or time.monotonic
+    sleep = sleep or time.sleep
+    interval_s = POLL_S if interval_s is None else interval_s
     start = clock()
     last_log = -progress_every_s
     while True:
