@@ -10,6 +10,10 @@ flow can be checked exactly, since a sharded cluster cannot run here.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +27,58 @@ WRITES = {"enableSharding", "shardCollection", "createIndexes", "balancerStart",
 
 def _cursor(ns: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"cursor": {"id": 0, "ns": ns, "firstBatch": docs}}
+
+
+class ScramServer:
+    """SCRAM-SHA-256 (RFC 7677) as mongod speaks it, for the users given: the
+    doubles check that a client authenticates with the right password."""
+
+    ITERATIONS = 4096
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+        self.conversations: dict[int, dict[str, Any]] = {}
+        self.authenticated: list[str] = []
+
+    def handle(self, request: Any) -> bool | None:
+        name = request.command_name
+        if name == "saslStart":
+            if request.doc.get("mechanism") != "SCRAM-SHA-256":
+                return request.command_err(334, f"unsupported mechanism {request.doc.get('mechanism')}")
+            first = bytes(request.doc["payload"]).decode()
+            bare = first.split(",", 2)[2]
+            fields = dict(part.split("=", 1) for part in bare.split(","))
+            user, client_nonce = fields["n"], fields["r"]
+            if user not in self.users:
+                return request.command_err(18, "Authentication failed.")
+            salt = os.urandom(16)
+            nonce = client_nonce + base64.b64encode(os.urandom(18)).decode()
+            server_first = f"r={nonce},s={base64.b64encode(salt).decode()},i={self.ITERATIONS}"
+            cid = len(self.conversations) + 1
+            self.conversations[cid] = {"user": user, "bare": bare, "server_first": server_first, "salt": salt, "nonce": nonce}
+            return request.ok(conversationId=cid, done=False, payload=Binary(server_first.encode()))
+        if name == "saslContinue":
+            conv = self.conversations.get(request.doc["conversationId"])
+            if conv is None:
+                return request.command_err(17, "No SASL session state found")
+            if conv.get("done"):
+                return request.ok(conversationId=request.doc["conversationId"], done=True, payload=Binary(b""))
+            final = bytes(request.doc["payload"]).decode()
+            without_proof, _, proof = final.rpartition(",p=")
+            salted = hashlib.pbkdf2_hmac("sha256", self.users[conv["user"]].encode(), conv["salt"], self.ITERATIONS)
+            client_key = hmac.digest(salted, b"Client Key", "sha256")
+            stored_key = hashlib.sha256(client_key).digest()
+            auth_message = f"{conv['bare']},{conv['server_first']},{without_proof}".encode()
+            signature = hmac.digest(stored_key, auth_message, "sha256")
+            expected = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+            if f"r={conv['nonce']}" not in without_proof or not hmac.compare_digest(base64.b64decode(proof), expected):
+                return request.command_err(18, "Authentication failed.")
+            server_key = hmac.digest(salted, b"Server Key", "sha256")
+            verifier = base64.b64encode(hmac.digest(server_key, auth_message, "sha256")).decode()
+            conv["done"] = True
+            self.authenticated.append(conv["user"])
+            return request.ok(conversationId=request.doc["conversationId"], done=True, payload=Binary(f"v={verifier}".encode()))
+        return None
 
 
 @dataclass
@@ -39,6 +95,7 @@ class MemberDouble:
     set_name: str
     members: list[dict[str, Any]] = field(default_factory=list)
     server: MockupDB | None = None
+    scram: ScramServer | None = None  # when set, commands need an authenticated user
 
     def start(self) -> str:
         self.server = MockupDB(auto_ismaster=True, max_wire_version=21)
@@ -58,10 +115,15 @@ class MemberDouble:
             {"name": f"{self.set_name}-{i}:27017", "health": 1, "stateStr": "PRIMARY" if i == 0 else "SECONDARY"}
             for i in range(3)
         ]
+        self.scram = None
 
     def _handle(self, request: Any) -> bool:
         if request.command_name.lower() in HANDSHAKE:
             return False
+        if self.scram is not None:
+            handled = self.scram.handle(request)
+            if handled is not None:
+                return handled
         if request.command_name == "replSetGetStatus":
             return request.ok(set=self.set_name, members=self.members)
         return request.command_err(59, f"no such command: {request.command_name}")
@@ -82,6 +144,7 @@ class MongosDouble:
     documents: dict[str, dict[str, int]] = field(default_factory=dict)  # ns -> shard -> documents
     received: list[Command] = field(default_factory=list)
     server: MockupDB | None = None
+    scram: ScramServer | None = None  # when set, clients must authenticate as one of its users
 
     def start(self) -> str:
         self.server = MockupDB(auto_ismaster=True, max_wire_version=21)
@@ -103,6 +166,7 @@ class MongosDouble:
         self.chunks = {}
         self.documents = {}
         self.received = []
+        self.scram = None
 
     # --- what the tests look at ---
 
@@ -128,6 +192,10 @@ class MongosDouble:
         name = request.command_name
         if name.lower() in HANDSHAKE:
             return False
+        if self.scram is not None:
+            handled = self.scram.handle(request)
+            if handled is not None:
+                return handled
         doc = {k: v for k, v in request.doc.items() if not k.startswith("$") and k != "lsid"}
         db = request.doc.get("$db", "")
         self.received.append(Command(db, name, doc))

@@ -70,7 +70,8 @@ class SshForwardDouble:
         ready.wait(10)
         server = paramiko.Transport(accepted[0])
         server.add_server_key(self._host_key)
-        server.start_server(server=_Server(self))
+        negotiated = threading.Event()
+        server.start_server(event=negotiated, server=_Server(self))  # returns at once; negotiates in its thread
         self._server_transport = server
         client = paramiko.Transport(client_sock)
         client.start_client(timeout=10)

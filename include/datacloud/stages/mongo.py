@@ -45,13 +45,14 @@ MONGO_PORT = 27017
 USERS_SECRET = f"{CLUSTER}-users"  # the operator's system users
 KEYFILE_SECRET = f"{CLUSTER}-keyfile"  # internal (member) authentication
 KEYFILE_KEY = "mongodb-key"
-SYSTEM_USERS = (
-    "MONGODB_BACKUP",
-    "MONGODB_DATABASE_ADMIN",
-    "MONGODB_CLUSTER_ADMIN",
-    "MONGODB_CLUSTER_MONITOR",
-    "MONGODB_USER_ADMIN",
-)
+# The operator's system users (key prefix -> user name, the operator's own defaults).
+SYSTEM_USERS = {
+    "MONGODB_BACKUP": "backup",
+    "MONGODB_DATABASE_ADMIN": "databaseAdmin",
+    "MONGODB_CLUSTER_ADMIN": "clusterAdmin",
+    "MONGODB_CLUSTER_MONITOR": "clusterMonitor",
+    "MONGODB_USER_ADMIN": "userAdmin",
+}
 
 # Our own users, created by the operator from spec.users (authentication db admin).
 USERS: tuple[dict[str, Any], ...] = (
@@ -176,8 +177,8 @@ def generate_secrets() -> dict[str, dict[str, str]]:
     """Every Secret the cluster needs, with fresh values: {secret name: {key: value}}."""
     out: dict[str, dict[str, str]] = {KEYFILE_SECRET: {KEYFILE_KEY: new_keyfile()}}
     users: dict[str, str] = {}
-    for prefix in SYSTEM_USERS:
-        users[f"{prefix}_USER"] = prefix.removeprefix("MONGODB_").lower().replace("_", "-")
+    for prefix, user in SYSTEM_USERS.items():
+        users[f"{prefix}_USER"] = user
         users[f"{prefix}_PASSWORD"] = new_password()
     out[USERS_SECRET] = users
     for user in USERS:
@@ -284,6 +285,7 @@ def _client(host: str, port: int, user: str, password: str) -> MongoClient:
         username=user,
         password=password,
         authSource="admin",
+        authMechanism="SCRAM-SHA-256",
         directConnection=True,
         serverSelectionTimeoutMS=20_000,
         appname="datacloud-provision",
