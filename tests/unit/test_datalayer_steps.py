@@ -231,3 +231,24 @@ def test_connection_written_only_when_it_differs(monkeypatch):
     app_password = ctx.state.objects["Secret/mongo/datacloud-mongo-app"]["stringData"]["password"]
     assert stored == mongo.airflow_connection(ctx.inv, app_password)
     assert (stored["login"], stored["schema"], stored["conn_type"]) == ("datacloud", "datacloud", "mongo")
+
+
+def test_dry_run_on_an_empty_cluster_plans_without_diffing_what_cannot_exist():
+    for step, inv in (
+        (storage.step_apply, inventories.reference()),
+        (storage.step_apply, inventories.local_path()),
+        (mongo.step_apply, None),
+    ):
+        ctx = _ctx(inv, dry_run=True)
+        result = step(ctx)
+        applied = [c[1] for c in ctx.state.calls if c[0] == "apply"]
+        assert all(a.startswith("Namespace/") for a in applied), applied
+        assert any(c.startswith("would apply ") for c in result["changes"])
+        assert ctx.state.objects == {}
+
+
+def test_mongo_dry_run_names_secrets_without_creating_them():
+    ctx = _ctx(dry_run=True)
+    result = mongo.step_apply(ctx)
+    assert "Secret/mongo/datacloud-mongo-keyfile would be created with generated values" in result["changes"]
+    assert not [o for o in ctx.state.objects if o.startswith("Secret/")]

@@ -30,7 +30,7 @@ from datacloud.errors import TransientError
 from datacloud.inventory import Inventory, MongoSettings
 from datacloud.render import Release, Rendered, render_template, versions
 from datacloud.stages._common import Step, outcome
-from datacloud.stages.storage import k8s_resources, storage_classes, wait_until
+from datacloud.stages.storage import apply_or_plan, k8s_resources, storage_classes, wait_until
 
 if TYPE_CHECKING:  # pymongo is imported where it is used: the DAG parses this module
     from pymongo import MongoClient
@@ -231,19 +231,21 @@ def step_apply(ctx: Any) -> dict[str, Any]:
     changes: list[str] = []
     with ctx.kube() as kube:
         changes += kube.apply(rendered.objects["namespace"]).changed
-        fresh = generate_secrets()
-        for name, data in fresh.items():
-            if kube.exists("secret", name, namespace=NAMESPACE):
+        missing = bool(changes)  # in a dry run, nothing below can be diffed by the server yet
+        for name, data in generate_secrets().items():
+            if not missing and kube.exists("secret", name, namespace=NAMESPACE):
                 log.info("Mongo | Secret | %s exists (unchanged)", name)
                 continue
-            kube.apply([secret_manifest(name, data)])
-            changes.append(f"Secret/{NAMESPACE}/{name} created with generated values")
+            if not ctx.dry_run:
+                kube.apply([secret_manifest(name, data)])
+            changes.append(f"Secret/{NAMESPACE}/{name} {'would be ' if ctx.dry_run else ''}created with generated values")
         for release in rendered.releases:
             if kube.helm_upgrade(release):
                 changes.append(f"helm release {release.name} {release.chart} {release.version}")
+                missing = True
         if not ctx.dry_run:
             kube.rollout_status("deployment", "psmdb-operator", namespace=NAMESPACE)
-        changes += kube.apply(rendered.objects["cluster"]).changed
+        changes += apply_or_plan(kube, rendered.objects["cluster"], ctx.dry_run and missing)
     return outcome("mongo", "apply", changes, ctx.dry_run)
 
 

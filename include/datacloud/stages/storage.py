@@ -23,6 +23,7 @@ import yaml
 
 from datacloud.errors import TransientError
 from datacloud.inventory import Inventory, Resources, StorageSettings
+from datacloud.kube import object_id
 from datacloud.render import Release, Rendered, render_template, versions
 from datacloud.stages._common import Step, outcome
 
@@ -248,6 +249,14 @@ def ceph_health(cluster: dict[str, Any] | None) -> tuple[bool, str]:
     return False, f"{health} (phase {phase}): {detail}"
 
 
+def apply_or_plan(kube: Any, objects: list[dict[str, Any]], plan_only: bool) -> list[str]:
+    """Apply (or, in a dry run, diff) objects; with ``plan_only`` (a dry run whose namespace
+    or CRDs do not exist yet, so the server cannot diff) just name what would be applied."""
+    if plan_only:
+        return [f"would apply {object_id(o)}" for o in objects]
+    return kube.apply(objects).changed
+
+
 def step_apply(ctx: Any) -> dict[str, Any]:
     """Install the operator (or local-path) and apply the cluster, pools and classes."""
     inv = ctx.inv
@@ -255,18 +264,19 @@ def step_apply(ctx: Any) -> dict[str, Any]:
     changes: list[str] = []
     if inv.storage_backend == "local-path":
         log.info("Storage | Backend | %s", inv.warnings[0] if inv.warnings else "local-path")
+    namespaces = [o for o in rendered.all_objects() if o["kind"] == "Namespace"]
     with ctx.kube() as kube:
-        first = ["namespace"] if "namespace" in rendered.objects else []
-        for stem in first:
-            changes += kube.apply(rendered.objects[stem]).changed
+        changes += kube.apply(namespaces).changed
+        missing = bool(changes)
         for release in rendered.releases:
             if kube.helm_upgrade(release):
                 changes.append(f"helm release {release.name} {release.chart} {release.version}")
+                missing = True
         if rendered.releases and not ctx.dry_run:
             kube.rollout_status("deployment", "rook-ceph-operator", namespace=CEPH_NAMESPACE)
-        for stem, objects in rendered.objects.items():
-            if stem not in first:
-                changes += kube.apply(objects).changed
+        for objects in rendered.objects.values():
+            rest = [o for o in objects if o["kind"] != "Namespace"]
+            changes += apply_or_plan(kube, rest, ctx.dry_run and missing)
         if inv.storage_backend == "local-path" and not ctx.dry_run:
             kube.rollout_status("deployment", "local-path-provisioner", namespace=LOCAL_PATH_NAMESPACE)
     return outcome("storage", "apply", changes, ctx.dry_run, backend=inv.storage_backend)
