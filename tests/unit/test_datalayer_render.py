@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -357,3 +358,12 @@ def test_dev_render_writes_both_stages(tmp_path):
     charts = yaml.safe_load((tmp_path / "charts.yaml").read_text())["releases"]
     assert {(c["stage"], c["chart"]) for c in charts} >= {("storage", "rook-ceph"), ("mongo", "psmdb-operator")}
     assert len(results["mongo"].all_objects()) == 2
+
+
+def test_local_path_helper_pod_and_config_are_valid():
+    (cm,) = [o for o in storage.render(inventories.local_path()).all_objects() if o["kind"] == "ConfigMap"]
+    helper = yaml.safe_load(cm["data"]["helperPod.yaml"])
+    validate_object(helper, "1.34.2")
+    (c,) = containers(helper)
+    assert set(c["resources"]) == {"requests", "limits"}
+    assert json.loads(cm["data"]["config.json"])["nodePathMap"][0]["paths"] == [storage.LOCAL_PATH_DIR]
