@@ -68,7 +68,10 @@ def catalogue(inv: Inventory) -> list[Workload]:
             Workload.of("storage", "csi-cephfsplugin-provisioner", 2, s.csi_provisioner, spread=True),
         ]
         # OSDs run where their disks are; modelled per node below.
-        out += [Workload.of("storage", f"ceph-osd@{n.name}", len(n.ceph_disks), s.osd, placement=f"node:{n.name}") for n in inv.ceph_nodes]
+        # ceph-exporter runs beside the Ceph daemons; modelled on every OSD node.
+        for n in inv.ceph_nodes:
+            out.append(Workload.of("storage", f"ceph-osd@{n.name}", len(n.ceph_disks), s.osd, placement=f"node:{n.name}"))
+            out.append(Workload.of("storage", f"ceph-exporter@{n.name}", 1, s.exporter, placement=f"node:{n.name}"))
         assert osds == sum(w.replicas for w in out if w.name.startswith("ceph-osd@"))
     else:
         out.append(Workload.of("storage", "local-path-provisioner", 1, s.local_path))

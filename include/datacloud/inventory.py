@@ -208,8 +208,12 @@ class StorageSettings(_Model):
     osd: Resources = _r(300, 1152, 2048)
     osd_memory_target_mb: int = Field(default=1024, ge=896, le=1_000_000)
     mds: Resources = _r(100, 384, 768)
-    csi_plugin: Resources = _r(50, 96, 256)
-    csi_provisioner: Resources = _r(50, 96, 256)
+    # CSI pods are several containers; these are per-pod totals that the render
+    # splits over the containers (driver 2 shares, each sidecar 1 share).
+    csi_plugin: Resources = _r(50, 96, 384)
+    csi_provisioner: Resources = _r(50, 128, 640)
+    exporter: Resources = _r(20, 32, 128)  # ceph-exporter, one per node with Ceph daemons
+    prepare_osd: Resources = _r(100, 128, 512)  # short-lived osd-prepare jobs (not in the capacity catalogue)
     local_path: Resources = _r(10, 32, 128)
     health_timeout_s: int = Field(default=1800, ge=60, le=86400)
 
