@@ -70,7 +70,11 @@ def check_versions(images_dir: Path = IMAGES_DIR, pins: dict | None = None) -> d
 
         pins = versions()
     local = pins.get("local", {})
-    for arg, key in (("SPARK_VERSION", "spark"), ("SCALA_BINARY", "scala_binary"), ("MONGO_SPARK_CONNECTOR", "mongo_spark_connector")):
+    for arg, key in (
+        ("SPARK_VERSION", "spark"),
+        ("SCALA_BINARY", "scala_binary"),
+        ("MONGO_SPARK_CONNECTOR", "mongo_spark_connector"),
+    ):
         want = str(local.get(key, ""))
         if want and spark.get(arg) and spark[arg] != want:
             problems.append(f"{SHARED[arg]} {spark[arg]} in the images but {want} in manifests/versions.yaml (local.{key})")
@@ -78,7 +82,9 @@ def check_versions(images_dir: Path = IMAGES_DIR, pins: dict | None = None) -> d
         problems.append("the connector jar lists (spark/jars.txt, jupyter/jars.txt) differ")
     if problems:
         raise ImageVersionError(
-            "the Spark and Jupyter images disagree: " + "; ".join(problems) + "; make the ARGs in manifests/images/*/Dockerfile equal."
+            "the Spark and Jupyter images disagree: "
+            + "; ".join(problems)
+            + "; make the ARGs in manifests/images/*/Dockerfile equal."
         )
     shared = {label: spark[arg] for arg, label in SHARED.items()}
     log.info("Images | Spark and Jupyter images agree: %s", ", ".join(f"{k} {v}" for k, v in shared.items()))

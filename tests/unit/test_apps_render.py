@@ -5,16 +5,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
-
 from datacloud import capacity
 from datacloud.stages import jupyter, monitoring, spark
 from datacloud.stages.apps_common import JUPYTER_NS, MONITORING_NS, SPARK_JOBS_NS, SPARK_OPERATOR_NS
+
 from tests.helpers.kube_schema import containers, crd_schema, validate_object
 from tests.unit.apps_fixtures import all_objects, by_kind, inventories, rendered, selects
-
-import jsonschema
 
 INVENTORIES = ["reference", "three-nodes", "single-local-path"]
 
@@ -50,7 +49,8 @@ def test_schemas_reject_what_we_would_get_wrong() -> None:
 def test_verification_application_matches_the_application_schema() -> None:
     inv = inventories()["reference"]
     (app,) = spark.render_smoke(inv, "datacloud-verify-20260101t000000")
-    assert app["kind"] == "SparkApplication" and app["metadata"]["namespace"] == SPARK_JOBS_NS
+    assert app["kind"] == "SparkApplication"
+    assert app["metadata"]["namespace"] == SPARK_JOBS_NS
     own = crd_schema("SparkApplication")
     if own is not None:  # the flights pipeline's schema, when merged
         validate_object(app, inv.cluster.kubernetes_version)
@@ -137,8 +137,14 @@ def test_every_namespace_we_create_denies_by_default(inv_name: str) -> None:
     policies = by_kind(objs, "NetworkPolicy")
     for ns in namespaces:
         mine = [p for p in policies if p["metadata"]["namespace"] == ns]
-        deny = [p for p in mine if p["spec"]["podSelector"] == {} and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-                and not p["spec"].get("ingress") and not p["spec"].get("egress")]
+        deny = [
+            p
+            for p in mine
+            if p["spec"]["podSelector"] == {}
+            and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+            and not p["spec"].get("ingress")
+            and not p["spec"].get("egress")
+        ]
         assert deny, f"{ns} has no default-deny NetworkPolicy"
         allows = [p for p in mine if p["spec"].get("ingress") or p["spec"].get("egress")]
         assert len(allows) >= 2, f"{ns} has no explicit allows"
@@ -147,7 +153,8 @@ def test_every_namespace_we_create_denies_by_default(inv_name: str) -> None:
 def test_no_dummy_authenticator() -> None:
     values = rendered("reference")["jupyter"].releases[0].values
     auth = values["hub"]["config"]["JupyterHub"]["authenticator_class"]
-    assert "dummy" not in auth.lower() and auth == "nativeauthenticator.NativeAuthenticator"
+    assert "dummy" not in auth.lower()
+    assert auth == "nativeauthenticator.NativeAuthenticator"
     assert values["hub"]["config"]["NativeAuthenticator"]["open_signup"] is False
     assert "DummyAuthenticator" not in yaml.safe_dump(values)
 
@@ -170,7 +177,9 @@ def _walk(node: Any, path: str = ""):
 def test_no_literal_secret(inv_name: str) -> None:
     stages = rendered(inv_name)
     docs = [o for r in stages.values() for o in r.all_objects()] + [r.values for s in stages.values() for r in s.releases]
-    assert not [o for o in by_kind(docs[: len(all_objects(inv_name))], "Secret")], "secrets are created at run time, never rendered"
+    assert not [o for o in by_kind(docs[: len(all_objects(inv_name))], "Secret")], (
+        "secrets are created at run time, never rendered"
+    )
     for doc in docs:
         for path, value in _walk(doc):
             if not isinstance(value, str):
@@ -239,7 +248,8 @@ def test_requests_equal_the_capacity_catalogue(inv_name: str) -> None:
 def test_every_container_has_requests_and_a_memory_limit(inv_name: str) -> None:
     for obj in all_objects(inv_name):
         for c in containers(obj):
-            assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], obj["metadata"]["name"]
+            assert c["resources"]["requests"]["cpu"], obj["metadata"]["name"]
+            assert c["resources"]["requests"]["memory"], obj["metadata"]["name"]
             assert c["resources"]["limits"]["memory"], obj["metadata"]["name"]
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
 
@@ -253,7 +263,8 @@ def test_reference_cluster_platform_fits_the_budget() -> None:
 def test_images_are_pinned() -> None:
     for obj in all_objects("reference"):
         for c in containers(obj):
-            assert ":" in c["image"] and not c["image"].endswith(":latest"), c["image"]
+            assert ":" in c["image"], c["image"]
+            assert not c["image"].endswith(":latest"), c["image"]
     for stage in rendered("reference").values():
         for rel in stage.releases:
             assert re.fullmatch(r"\d+\.\d+\.\d+", rel.version), (rel.name, rel.version)
@@ -266,5 +277,7 @@ def test_stage_modules_render_through_the_registry() -> None:
     inv = inventories()["reference"]
     for name in ("spark", "jupyter", "monitoring"):
         assert render_stage(name, inv).all_objects(), name
-    assert jupyter.ADMIN_USER in rendered("reference")["jupyter"].releases[0].values["hub"]["config"]["Authenticator"]["admin_users"]
+    assert (
+        jupyter.ADMIN_USER in rendered("reference")["jupyter"].releases[0].values["hub"]["config"]["Authenticator"]["admin_users"]
+    )
     assert monitoring.KPS_RELEASE == "kube-prometheus-stack"

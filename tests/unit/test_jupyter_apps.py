@@ -13,10 +13,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from datacloud.config import REPO_ROOT
 from datacloud.images import ImageVersionError, check_versions, dockerfile_args
 from datacloud.stages import jupyter, spark
+
 from tests.unit.apps_fixtures import all_objects, by_kind, inventories, rendered, selects
 
 IMAGES = REPO_ROOT / "manifests" / "images"
@@ -52,7 +52,10 @@ def _spawner(api, pod_name="jupyter-alice") -> SimpleNamespace:
 
 def _pod_object(labels=None):
     container = SimpleNamespace(env=[{"name": "JUPYTERHUB_USER", "value": "alice"}])
-    return SimpleNamespace(metadata=SimpleNamespace(labels=labels or {"component": "singleuser-server"}), spec=SimpleNamespace(containers=[container]))
+    return SimpleNamespace(
+        metadata=SimpleNamespace(labels=labels or {"component": "singleuser-server"}),
+        spec=SimpleNamespace(containers=[container]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +94,18 @@ def test_after_pod_created_makes_an_owned_headless_service(hooks) -> None:
     asyncio.run(module.create_driver_service(_spawner(api), pod))
     ((verb, call),) = api.calls
     svc = call["body"]
-    assert verb == "create" and call["namespace"] == "jupyter"
+    assert verb == "create"
+    assert call["namespace"] == "jupyter"
     assert svc["spec"]["clusterIP"] == "None"
     assert selects({"matchLabels": svc["spec"]["selector"]}, pod_labels)
     assert {p["port"] for p in svc["spec"]["ports"]} >= {spark.DRIVER_PORT, spark.BLOCK_MANAGER_PORT}
-    assert svc["metadata"]["ownerReferences"][0] == {"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": "uid-1", "blockOwnerDeletion": True}
+    assert svc["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": "jupyter-alice",
+        "uid": "uid-1",
+        "blockOwnerDeletion": True,
+    }
 
 
 def test_a_leftover_service_is_replaced_not_fatal(hooks) -> None:
@@ -109,7 +119,8 @@ def test_long_pod_names_give_valid_service_names(hooks) -> None:
     module, _ = hooks
     long = "jupyter-" + "a" * 60
     name = module.driver_service_name(long)
-    assert len(name) <= 63 and name.endswith("-spark")
+    assert len(name) <= 63
+    assert name.endswith("-spark")
     assert name != module.driver_service_name("jupyter-" + "a" * 59 + "b")
 
 
@@ -144,8 +155,14 @@ def test_helper_conf_from_the_spawned_environment(hooks, helper) -> None:
     assert conf["spark.dynamicAllocation.maxExecutors"] == str(inv.components.spark.max_executors)
     assert conf["spark.mongodb.read.database"] == "datacloud"
     # the executor labels Spark will set are exactly what the NetworkPolicy selects
-    labels = {k.removeprefix("spark.kubernetes.executor.label."): v for k, v in conf.items() if k.startswith("spark.kubernetes.executor.label.")}
-    (pol,) = [p for p in by_kind(all_objects("reference"), "NetworkPolicy") if p["metadata"]["name"] == "notebook-spark-executors"]
+    labels = {
+        k.removeprefix("spark.kubernetes.executor.label."): v
+        for k, v in conf.items()
+        if k.startswith("spark.kubernetes.executor.label.")
+    }
+    (pol,) = [
+        p for p in by_kind(all_objects("reference"), "NetworkPolicy") if p["metadata"]["name"] == "notebook-spark-executors"
+    ]
     assert selects(pol["spec"]["podSelector"], labels)
 
 
@@ -159,8 +176,10 @@ def test_notebook_network_allows_exactly_driver_executor_traffic() -> None:
     (pol,) = [p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"] == "notebook-spark-executors"]
     ingress_ports = {p["port"] for rule in pol["spec"]["ingress"] for p in rule["ports"]}
     assert ingress_ports == {spark.BLOCK_MANAGER_PORT}
-    egress = {tuple(sorted(rule["to"][0].get("podSelector", {}).get("matchLabels", {}).items())): {p["port"] for p in rule["ports"]}
-              for rule in pol["spec"]["egress"]}
+    egress = {
+        tuple(sorted(rule["to"][0].get("podSelector", {}).get("matchLabels", {}).items())): {p["port"] for p in rule["ports"]}
+        for rule in pol["spec"]["egress"]
+    }
     assert egress[tuple(sorted(jupyter.NOTEBOOK_LABELS.items()))] == {spark.DRIVER_PORT, spark.BLOCK_MANAGER_PORT}
     assert egress[tuple(sorted(jupyter.EXECUTOR_LABELS.items()))] == {spark.BLOCK_MANAGER_PORT}
     netpol = rendered("reference")["jupyter"].releases[0].values["singleuser"]["networkPolicy"]
@@ -169,19 +188,26 @@ def test_notebook_network_allows_exactly_driver_executor_traffic() -> None:
     assert {p["port"] for p in ing["ports"]} == {spark.DRIVER_PORT, spark.BLOCK_MANAGER_PORT}
     assert netpol["egressAllowRules"]["privateIPs"] is False
     api = [r for r in netpol["egress"] if "ipBlock" in r["to"][0]]
-    assert api[0]["to"][0]["ipBlock"]["cidr"] == "192.168.1.1/32" and api[0]["ports"][0]["port"] == 6443
+    assert api[0]["to"][0]["ipBlock"]["cidr"] == "192.168.1.1/32"
+    assert api[0]["ports"][0]["port"] == 6443
 
 
 def test_notebook_identity_manages_only_namespaced_executor_resources() -> None:
     objs = all_objects("reference")
     (role,) = [o for o in by_kind(objs, "Role") if o["metadata"]["name"] == "notebook-spark-executors"]
     assert role["metadata"]["namespace"] == "jupyter"
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"],
-                              "verbs": ["create", "get", "list", "watch", "delete", "deletecollection"]}]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"],
+            "verbs": ["create", "get", "list", "watch", "delete", "deletecollection"],
+        }
+    ]
     values = rendered("reference")["jupyter"].releases[0].values
     assert values["singleuser"]["serviceAccountName"] == jupyter.NOTEBOOK_SA
     assert values["singleuser"]["storage"]["dynamic"]["storageClass"] == "rook-ceph-block"
-    assert values["cull"]["enabled"] is True and values["cull"]["timeout"] == 3600
+    assert values["cull"]["enabled"] is True
+    assert values["cull"]["timeout"] == 3600
 
 
 # --- images ------------------------------------------------------------------
@@ -189,14 +215,20 @@ def test_notebook_identity_manages_only_namespaced_executor_resources() -> None:
 
 def test_images_agree() -> None:
     shared = check_versions()
-    assert shared["Python"] == "3.11" and shared["Spark"] == "4.2.0" and shared["Scala"] == "2.13"
+    assert shared["Python"] == "3.11"
+    assert shared["Spark"] == "4.2.0"
+    assert shared["Scala"] == "2.13"
 
 
 def test_image_mismatch_is_refused_naming_the_versions(tmp_path: Path) -> None:
     root = tmp_path / "images"
     shutil.copytree(IMAGES, root, ignore=shutil.ignore_patterns("jars"))
     df = root / "jupyter" / "Dockerfile"
-    df.write_text(df.read_text().replace("ARG PYTHON_VERSION=3.11", "ARG PYTHON_VERSION=3.12").replace("ARG PANDAS_VERSION=3.1.1", "ARG PANDAS_VERSION=2.3.3"))
+    df.write_text(
+        df.read_text()
+        .replace("ARG PYTHON_VERSION=3.11", "ARG PYTHON_VERSION=3.12")
+        .replace("ARG PANDAS_VERSION=3.1.1", "ARG PANDAS_VERSION=2.3.3")
+    )
     with pytest.raises(ImageVersionError) as err:
         check_versions(root)
     msg = str(err.value)
@@ -209,7 +241,8 @@ def test_images_are_pinned_and_non_root() -> None:
     for name in ("spark", "jupyter"):
         text = (IMAGES / name / "Dockerfile").read_text()
         froms = [ln.split()[1] for ln in text.splitlines() if ln.startswith("FROM ")]
-        assert froms and all(":" in f and not f.endswith(":latest") for f in froms), froms
+        assert froms
+        assert all(":" in f and not f.endswith(":latest") for f in froms), froms
         users = [ln.split()[1] for ln in text.splitlines() if ln.startswith("USER ")]
         assert users[-1] in ("185", "${NB_UID}"), users
     assert "FROM apache/spark:" in (IMAGES / "spark" / "Dockerfile").read_text()
@@ -225,5 +258,7 @@ def test_example_notebook_reads_daily_delay_stats_and_plots() -> None:
         if cell["cell_type"] == "code":
             ast.parse("".join(cell["source"]))
             assert cell["outputs"] == []
-    assert "spark_session(" in code and '"daily_delay_stats"' in code and 'format("mongodb")' in code
+    assert "spark_session(" in code
+    assert '"daily_delay_stats"' in code
+    assert 'format("mongodb")' in code
     assert ".plot" in code

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from datacloud.stages import monitoring, spark
 from datacloud.stages.apps_common import MONITORING_NS
+
 from tests.unit.apps_fixtures import all_objects, by_kind, inventories, selects
 
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian package prometheus) is not installed; ./dev setup installs it")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool (Debian package prometheus) is not installed; ./dev setup installs it"
+)
 
 
 def _ns_of(monitor: dict) -> list[str]:
@@ -30,7 +32,9 @@ def test_mongodb_service_monitor_matches_every_exporter_service(inv_name: str) -
     (sm,) = [o for o in by_kind(objs, "ServiceMonitor") if o["metadata"]["name"] == "mongodb-exporter"]
     services = [s for s in by_kind(objs, "Service") if s["metadata"]["namespace"] in _ns_of(sm)]
     matched = [s for s in services if selects(sm["spec"]["selector"], s["metadata"]["labels"])]
-    assert sorted(s["metadata"]["name"] for s in matched) == sorted(f"mongodb-exporter-{t}" for t in monitoring.exporter_targets(inv))
+    assert sorted(s["metadata"]["name"] for s in matched) == sorted(
+        f"mongodb-exporter-{t}" for t in monitoring.exporter_targets(inv)
+    )
     assert len(matched) == inv.components.mongo.shards + 2
     deployments = {d["metadata"]["name"]: d for d in by_kind(objs, "Deployment")}
     for svc in matched:
@@ -74,7 +78,8 @@ def _spark_values() -> dict:
 def test_ceph_service_monitor_matches_rooks_mgr_service() -> None:
     (sm,) = [o for o in by_kind(all_objects("reference"), "ServiceMonitor") if o["metadata"]["name"] == "rook-ceph-mgr"]
     record = monitoring.chart_labels()["rook-ceph-mgr"]
-    assert record["kind"] == "Service" and record["namespace"] in _ns_of(sm)
+    assert record["kind"] == "Service"
+    assert record["namespace"] in _ns_of(sm)
     assert selects(sm["spec"]["selector"], record["labels"])
     assert sm["spec"]["endpoints"][0]["port"] in record["ports"]
 
@@ -97,7 +102,7 @@ def test_prometheus_picks_up_our_monitors_and_rules() -> None:
 def test_prometheus_may_scrape_the_spark_operator() -> None:
     """The operator's namespace denies by default; the allow must cover Prometheus's pods and the port."""
     objs = all_objects("reference")
-    pol = [p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"] == "allow-prometheus-controller"][0]
+    pol = next(p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"] == "allow-prometheus-controller")
     record = monitoring.chart_labels()
     assert selects(pol["spec"]["podSelector"], record["spark-operator-controller"]["labels"])
     peer = pol["spec"]["ingress"][0]["from"][0]
@@ -141,14 +146,20 @@ def test_every_alert_has_summary_and_runbook_and_the_issue_list_is_covered() -> 
     groups = yaml.safe_load(monitoring.rule_file_text(inventories()["reference"]))["groups"]
     alerts = {r["alert"]: r for g in groups for r in g["rules"]}
     assert set(alerts) == {
-        "MongoShardsMissing", "MongodDown", "MongoReplicaSetNoPrimary", "NodeNotReady",
-        "CephHealthError", "SparkApplicationFailed", "FilesystemAlmostFull",
+        "MongoShardsMissing",
+        "MongodDown",
+        "MongoReplicaSetNoPrimary",
+        "NodeNotReady",
+        "CephHealthError",
+        "SparkApplicationFailed",
+        "FilesystemAlmostFull",
     }
     runbook = (monitoring.DIR.parents[1] / monitoring.RUNBOOK).read_text().lower()
     for name, rule in alerts.items():
         assert rule["annotations"]["summary"]
         anchor = rule["annotations"]["runbook_url"].split("#")[1]
-        assert anchor == name.lower() and f"## {name.lower()}" in runbook
+        assert anchor == name.lower()
+        assert f"## {name.lower()}" in runbook
     assert "< 2" in alerts["MongoShardsMissing"]["expr"]
     assert "< 3" in yaml.safe_load(monitoring.rule_file_text(inventories()["three-nodes"]))["groups"][0]["rules"][0]["expr"]
 
@@ -167,7 +178,7 @@ def metrics_in(expr: str) -> set[str]:
     names = set()
     for m in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", s):
         word = m.group(0)
-        after = s[m.end():].lstrip()
+        after = s[m.end() :].lstrip()
         if after.startswith("(") or word.lower() in KEYWORDS:
             continue
         if s[: m.start()].rstrip().endswith(tuple("0123456789.")) and re.fullmatch(r"[a-z]+", word):
@@ -217,8 +228,12 @@ def test_dashboards_cover_the_required_views() -> None:
     assert set(titles) == {"MongoDB sharding", "Spark applications", "Ceph", "Nodes"}
     mongo = json.loads(titles["MongoDB sharding"].read_text())
     text = json.dumps(mongo)
-    for metric in ("mongodb_mongos_sharding_shards_total", "mongodb_mongos_sharding_shard_chunks_total",
-                   "mongodb_op_counters_total", "mongodb_dbstats_storageSize"):
+    for metric in (
+        "mongodb_mongos_sharding_shards_total",
+        "mongodb_mongos_sharding_shard_chunks_total",
+        "mongodb_op_counters_total",
+        "mongodb_dbstats_storageSize",
+    ):
         assert metric in text
 
 

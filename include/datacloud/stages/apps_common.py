@@ -65,3 +65,76 @@ def netpol_context(inv: Inventory) -> dict[str, Any]:
         "mongo_port": MONGO_PORT,
         "monitoring_ns": MONITORING_NS,
     }
+
+
+# --- run side: names owned by the mongo stage (datacloud.stages.mongo), observing order ---
+
+MONGO_CLUSTER = "datacloud-mongo"  # PerconaServerMongoDB name in MONGO_NS
+MONGO_APP_SECRET = f"{MONGO_CLUSTER}-app"  # key `password`: user `datacloud` (readWrite on datacloud)
+MONGO_MONITOR_SECRET = f"{MONGO_CLUSTER}-monitor"  # key `password`: user `datacloud-monitor` (clusterMonitor)
+MONGO_APP_USER = "datacloud"
+MONGO_MONITOR_USER = "datacloud-monitor"
+
+
+def mongo_service_host(member: str) -> str:
+    """In-cluster DNS of a Percona service: mongos, cfg or rsN."""
+    return f"{MONGO_CLUSTER}-{member}.{MONGO_NS}.svc.cluster.local"
+
+
+def secret_value(kube: Any, name: str, namespace: str, key: str) -> str | None:
+    """One decoded value of a Secret, or None when the Secret or key is missing (never logged)."""
+    import base64
+
+    obj = kube.get_json("secret", name, namespace=namespace)
+    if not obj or key not in (obj.get("data") or {}):
+        return None
+    return base64.b64decode(obj["data"][key]).decode()
+
+
+def secret_object(name: str, namespace: str, data: dict[str, str], component: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": PART_OF, "app.kubernetes.io/component": component},
+        },
+        "stringData": data,
+    }
+
+
+class Poller:
+    """Wait for a condition with progress lines at most every ``progress_s`` seconds.
+
+    ``check()`` returns (done, description); the clock and sleep are injectable so
+    tests run without waiting.
+    """
+
+    def __init__(
+        self, what: str, timeout_s: float, interval_s: float = 5, progress_s: float = 15, clock: Any = None, sleep: Any = None
+    ):
+        import time
+
+        self.what, self.timeout_s, self.interval_s, self.progress_s = what, timeout_s, interval_s, progress_s
+        self.clock = clock or time.monotonic
+        self.sleep = sleep or time.sleep
+
+    def run(self, check: Any, log: Any) -> str:
+        from datacloud.errors import TransientError
+
+        start = self.clock()
+        last_line = None
+        while True:
+            done, state = check()
+            now = self.clock()
+            if done:
+                log.info("%s | done after %.0f s: %s", self.what, now - start, state)
+                return state
+            if last_line is None or now - last_line >= self.progress_s:
+                log.info("%s | waiting (%.0f s): %s", self.what, now - start, state)
+                last_line = now
+            if now - start >= self.timeout_s:
+                raise TransientError(f"{self.what}: not done within {self.timeout_s:.0f} s (last state: {state})")
+            self.sleep(self.interval_s)

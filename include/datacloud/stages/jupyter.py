@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 RELEASE = "jupyterhub"
 NOTEBOOK_SA = "spark-notebook"
 ADMIN_USER = "datacloud-admin"
-MONGO_SECRET = "notebook-mongo"  # key `uri`: created by the stage from the datacloud_mongo connection
+MONGO_SECRET = "notebook-mongo"  # noqa: S105 - a Secret name; key `uri`: created by the stage from the datacloud_mongo connection
 # Labels KubeSpawner/z2jh put on user pods, and Spark on executor pods
 # (manifests/monitoring/chart-labels.yaml records where they come from).
 NOTEBOOK_LABELS = {"component": "singleuser-server"}
@@ -138,3 +138,93 @@ def render(inv: Inventory) -> Rendered:
     ctx = _context(inv)
     objects = {stem: render_template(f"jupyter/{stem}.yaml.j2", **ctx) for stem in ("namespace", "rbac", "networkpolicies")}
     return Rendered(objects=objects, releases=[hub_release(inv)])
+
+
+# --- run side (the stage contract of datacloud.stages: STEPS) -------------------
+
+
+def _outcome(step: str, changes: list[str], dry_run: bool, **facts: Any) -> dict[str, Any]:
+    from datacloud.stages._common import outcome
+
+    return outcome("jupyter", step, changes, dry_run, **facts)
+
+
+def notebook_mongo_secret(kube: Any) -> tuple[dict[str, Any] | None, str]:
+    """The Secret `notebook-mongo` (key `uri`) from the mongo stage's application user, or why not."""
+    from urllib.parse import quote
+
+    from datacloud.config import MONGO_DATABASE
+    from datacloud.stages.apps_common import (
+        MONGO_APP_SECRET,
+        MONGO_APP_USER,
+        MONGO_NS,
+        MONGO_PORT,
+        mongo_service_host,
+        secret_object,
+        secret_value,
+    )
+
+    password = secret_value(kube, MONGO_APP_SECRET, MONGO_NS, "password")
+    if password is None:
+        return None, f"Secret {MONGO_NS}/{MONGO_APP_SECRET} does not exist yet (run the mongo stage)"
+    uri = (
+        f"mongodb://{quote(MONGO_APP_USER, safe='')}:{quote(password, safe='')}@{mongo_service_host('mongos')}:{MONGO_PORT}/"
+        f"{MONGO_DATABASE}?authSource=admin"
+    )
+    if secret_value(kube, MONGO_SECRET, JUPYTER_NS, "uri") == uri:
+        return None, "unchanged"
+    return secret_object(MONGO_SECRET, JUPYTER_NS, {"uri": uri}, "notebook"), "changed"
+
+
+def apply(ctx: Any) -> dict[str, Any]:
+    """Images agree; namespace, identity and policies; the MongoDB URI Secret; the JupyterHub chart."""
+    from datacloud.images import check_versions
+
+    check_versions()
+    rendered = render(ctx.inv)
+    kube = ctx.kube()
+    changes: list[str] = []
+    for stem in ("namespace", "rbac", "networkpolicies"):
+        changes += [f"{oid} applied" for oid in kube.apply(rendered.objects[stem]).changed]
+    secret, why = notebook_mongo_secret(kube)
+    if secret is not None:
+        kube.apply([secret])
+        changes.append(f"Secret {JUPYTER_NS}/{MONGO_SECRET} written (MongoDB URI for notebooks)")
+    elif why != "unchanged":
+        log.warning("JupyterHub | MongoDB | %s; notebooks start without MONGODB_URI until the stage runs again", why)
+    for release in rendered.releases:
+        if kube.helm_upgrade(release):
+            changes.append(f"helm release {release.name} {release.chart} {release.version} installed or upgraded")
+    if not ctx.dry_run:
+        kube.rollout_status("deployment", "hub", namespace=JUPYTER_NS, timeout_s=600)
+        kube.rollout_status("deployment", "proxy", namespace=JUPYTER_NS, timeout_s=300)
+    return _outcome("apply", changes, ctx.dry_run, admin_user=ADMIN_USER)
+
+
+def verify(ctx: Any) -> dict[str, Any]:
+    """The hub answers its REST API and reports NativeAuthenticator."""
+    import json
+
+    from datacloud.errors import TransientError
+
+    if ctx.dry_run:
+        return _outcome("verify", [], True, verified=False)
+    kube = ctx.kube()
+    probe = (
+        "import json, urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8081/hub/api/', timeout=10).read().decode())"
+    )
+    res = kube.kubectl("exec", "--namespace", JUPYTER_NS, "deploy/hub", "--", "python3", "-c", probe, check=False, quiet=True)
+    if res.rc != 0:
+        raise TransientError(f"the JupyterHub API did not answer: {(res.stderr.strip().splitlines() or ['no output'])[-1]}")
+    version = json.loads(res.stdout).get("version")
+    log.info("JupyterHub | Verify | hub %s answers; sign in at the proxy (docs/services.md)", version)
+    return _outcome("verify", [], False, verified=True, hub_version=version)
+
+
+def _steps() -> list[Any]:
+    from datacloud.stages._common import Step
+
+    return [Step("apply", apply), Step("verify", verify)]
+
+
+STEPS = _steps()

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 KPS_RELEASE = "kube-prometheus-stack"
 HEADLAMP_RELEASE = "headlamp"
-EXPORTER_SECRET = "mongodb-exporter"
-GRAFANA_ADMIN_SECRET = "grafana-admin"
+EXPORTER_SECRET = "mongodb-exporter"  # noqa: S105 - Secret names, not values
+GRAFANA_ADMIN_SECRET = "grafana-admin"  # noqa: S105
 DASHBOARD_LABEL = "grafana_dashboard"
 RUNBOOK = "docs/alerts.md"
 DIR = MANIFESTS_DIR / "monitoring"
@@ -126,8 +126,17 @@ def kps_release(inv: Inventory) -> Release:
     grafana, grafana_sidecar = split(mo.grafana, *GRAFANA_SIDECAR)
     values: dict[str, Any] = {
         "crds": {"enabled": True},
-        "defaultRules": {"create": True, "rules": {"etcd": False, "kubeControllerManager": False, "kubeSchedulerAlerting": False,
-                                                     "kubeSchedulerRecording": False, "kubeProxy": False, "windows": False}},
+        "defaultRules": {
+            "create": True,
+            "rules": {
+                "etcd": False,
+                "kubeControllerManager": False,
+                "kubeSchedulerAlerting": False,
+                "kubeSchedulerRecording": False,
+                "kubeProxy": False,
+                "windows": False,
+            },
+        },
         # kubeadm binds these to 127.0.0.1 on the control plane: not scrapable, so not scraped.
         "kubeEtcd": {"enabled": False},
         "kubeControllerManager": {"enabled": False},
@@ -168,8 +177,13 @@ def kps_release(inv: Inventory) -> Release:
             "defaultDashboardsEnabled": True,
             "sidecar": {
                 "resources": resources(grafana_sidecar),
-                "dashboards": {"enabled": True, "label": DASHBOARD_LABEL, "labelValue": "1",
-                               "folderAnnotation": "grafana_folder", "provider": {"foldersFromFilesStructure": True}},
+                "dashboards": {
+                    "enabled": True,
+                    "label": DASHBOARD_LABEL,
+                    "labelValue": "1",
+                    "folderAnnotation": "grafana_folder",
+                    "provider": {"foldersFromFilesStructure": True},
+                },
                 "datasources": {"enabled": True},
             },
         },
@@ -218,3 +232,146 @@ def render(inv: Inventory) -> Rendered:
     objects["rules"] = [prometheus_rule(inv)]
     objects["dashboards"] = dashboard_configmaps()
     return Rendered(objects=objects, releases=[kps_release(inv), headlamp_release(inv)])
+
+
+# --- run side (the stage contract of datacloud.stages: STEPS) -------------------
+
+PROMETHEUS_POD = "prometheus-kube-prometheus-stack-prometheus-0"
+SCRAPE_POOLS = (
+    "serviceMonitor/monitoring/mongodb-exporter",
+    "podMonitor/monitoring/spark-operator",
+    "serviceMonitor/monitoring/rook-ceph-mgr",
+)
+
+
+def _outcome(step: str, changes: list[str], dry_run: bool, **facts: Any) -> dict[str, Any]:
+    from datacloud.stages._common import outcome
+
+    return outcome("monitoring", step, changes, dry_run, **facts)
+
+
+def exporter_uris(inv: Inventory, password: str) -> dict[str, str]:
+    """uri-<target> for every exporter: the monitor user on mongos, the config servers and each shard."""
+    from urllib.parse import quote
+
+    from datacloud.stages.apps_common import MONGO_MONITOR_USER, MONGO_PORT, mongo_service_host
+
+    cred = f"{quote(MONGO_MONITOR_USER, safe='')}:{quote(password, safe='')}"
+    return {f"uri-{t}": f"mongodb://{cred}@{mongo_service_host(t)}:{MONGO_PORT}/admin" for t in exporter_targets(inv)}
+
+
+def secrets_to_write(inv: Inventory, kube: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """Grafana's admin (generated once) and the exporters' URIs (from the mongo stage's monitor user)."""
+    import secrets as pysecrets
+
+    from datacloud.errors import UserError
+    from datacloud.stages.apps_common import MONGO_MONITOR_SECRET, MONGO_NS, secret_object, secret_value
+
+    out, notes = [], []
+    if secret_value(kube, GRAFANA_ADMIN_SECRET, MONITORING_NS, "admin-password") is None:
+        out.append(
+            secret_object(
+                GRAFANA_ADMIN_SECRET,
+                MONITORING_NS,
+                {"admin-user": "admin", "admin-password": pysecrets.token_urlsafe(24)},
+                "grafana",
+            )
+        )
+        notes.append(f"Secret {MONITORING_NS}/{GRAFANA_ADMIN_SECRET} generated (Grafana admin password)")
+    password = secret_value(kube, MONGO_MONITOR_SECRET, MONGO_NS, "password")
+    if password is None:
+        raise UserError(f"Secret {MONGO_NS}/{MONGO_MONITOR_SECRET} does not exist; run the mongo stage before monitoring.")
+    want = exporter_uris(inv, password)
+    have = {k: secret_value(kube, EXPORTER_SECRET, MONITORING_NS, k) for k in want}
+    if have != want:
+        out.append(secret_object(EXPORTER_SECRET, MONITORING_NS, want, "mongodb-exporter"))
+        notes.append(f"Secret {MONITORING_NS}/{EXPORTER_SECRET} written ({len(want)} exporter URIs)")
+    return out, notes
+
+
+def apply(ctx: Any) -> dict[str, Any]:
+    """Namespace and policies, Secrets, kube-prometheus-stack, exporters, monitors, rules, dashboards, Headlamp."""
+    inv = ctx.inv
+    rendered = render(inv)
+    kps, headlamp = rendered.releases
+    kube = ctx.kube()
+    changes: list[str] = []
+
+    def apply_stems(*stems: str) -> None:
+        for stem in stems:
+            changes.extend(f"{oid} applied" for oid in kube.apply(rendered.objects[stem]).changed)
+
+    apply_stems("namespace", "networkpolicies")
+    objs, notes = secrets_to_write(inv, kube)
+    if objs:
+        kube.apply(objs)
+        changes.extend(notes)
+    # The chart brings the CRDs of ServiceMonitor, PodMonitor and PrometheusRule.
+    if kube.helm_upgrade(kps):
+        changes.append(f"helm release {kps.name} {kps.chart} {kps.version} installed or upgraded")
+    apply_stems("mongodb-exporter", "monitors", "rules", "dashboards")
+    if kube.helm_upgrade(headlamp):
+        changes.append(f"helm release {headlamp.name} {headlamp.chart} {headlamp.version} installed or upgraded")
+    apply_stems("headlamp-rbac")
+    if not ctx.dry_run:
+        for target in exporter_targets(inv):
+            kube.rollout_status("deployment", f"mongodb-exporter-{target}", namespace=MONITORING_NS, timeout_s=300)
+    return _outcome("apply", changes, ctx.dry_run)
+
+
+def verify(ctx: Any, *, clock: Any = None, sleep: Any = None) -> dict[str, Any]:
+    """Prometheus has our alert rules and at least one healthy target in each of our scrape pools."""
+    import json
+
+    from datacloud.errors import TransientError
+    from datacloud.stages.apps_common import Poller
+
+    if ctx.dry_run:
+        return _outcome("verify", [], True, verified=False)
+    kube = ctx.kube()
+
+    def prom(path: str) -> dict[str, Any]:
+        res = kube.kubectl(
+            "exec",
+            "--namespace",
+            MONITORING_NS,
+            PROMETHEUS_POD,
+            "--container",
+            "prometheus",
+            "--",
+            "wget",
+            "-qO-",
+            f"http://127.0.0.1:9090{path}",
+            check=False,
+            quiet=True,
+        )
+        if res.rc != 0:
+            raise TransientError(f"Prometheus did not answer {path}")
+        return json.loads(res.stdout)
+
+    alerts = {r["name"] for g in prom("/api/v1/rules?type=alert")["data"]["groups"] for r in g["rules"]}
+    ours = {r["alert"] for g in yaml.safe_load(rule_file_text(ctx.inv))["groups"] for r in g["rules"]}
+    missing = sorted(ours - alerts)
+    if missing:
+        raise TransientError(f"Prometheus has not loaded the alert rules {', '.join(missing)} yet")
+    health: dict[str, str] = {}
+
+    def targets_up() -> tuple[bool, str]:
+        active = prom("/api/v1/targets?state=active")["data"]["activeTargets"]
+        for pool in SCRAPE_POOLS:
+            states = [t.get("health") for t in active if t.get("scrapePool", "").startswith(pool)]
+            health[pool] = "up" if "up" in states else (states[0] if states else "no target")
+        down = [p for p, h in health.items() if h != "up"]
+        return not down, ", ".join(f"{p.split('/')[-1]} {h}" for p, h in health.items())
+
+    Poller("Monitoring | Verify | scrape targets", 300, clock=clock, sleep=sleep).run(targets_up, log)
+    return _outcome("verify", [], False, verified=True, rules=len(ours), targets=health)
+
+
+def _steps() -> list[Any]:
+    from datacloud.stages._common import Step
+
+    return [Step("apply", apply), Step("verify", verify)]
+
+
+STEPS = _steps()

@@ -167,9 +167,16 @@ def operator_release(inv: Inventory) -> Release:
         },
         "webhook": {"enable": True, "replicas": 1, "port": 9443, "resources": op, "securityContext": security},
         # Our own ServiceAccount `spark` and its namespaced Role live in spark/rbac.yaml.j2.
-        "spark": {"jobNamespaces": [SPARK_JOBS_NS], "serviceAccount": {"create": False, "name": "spark"}, "rbac": {"create": False}},
+        "spark": {
+            "jobNamespaces": [SPARK_JOBS_NS],
+            "serviceAccount": {"create": False, "name": "spark"},
+            "rbac": {"create": False},
+        },
         # Scraped through our PodMonitor (monitoring/monitors.yaml.j2), not the chart's.
-        "prometheus": {"metrics": {"enable": True, "port": 8080, "portName": "metrics", "endpoint": "/metrics"}, "podMonitor": {"create": False}},
+        "prometheus": {
+            "metrics": {"enable": True, "port": 8080, "portName": "metrics", "endpoint": "/metrics"},
+            "podMonitor": {"create": False},
+        },
     }
     return Release(OPERATOR_RELEASE, SPARK_OPERATOR_NS, chart["name"], chart["repo"], str(chart["version"]), values)
 
@@ -213,3 +220,107 @@ def render(inv: Inventory) -> Rendered:
         for stem in ("namespaces", "rbac", "history-server", "networkpolicies", "scheduled")
     }
     return Rendered(objects=objects, releases=[operator_release(inv)])
+
+
+# --- run side (the stage contract of datacloud.stages: STEPS) -------------------
+
+VERIFY_TIMEOUT_S = 900
+HISTORY_TIMEOUT_S = 180
+TERMINAL_STATES = {"COMPLETED", "FAILED", "SUBMISSION_FAILED", "FAILING"}
+
+
+def _applied(changes: list[str], result: Any) -> None:
+    changes.extend(f"{oid} applied" for oid in result.changed)
+
+
+def apply(ctx: Any) -> dict[str, Any]:
+    """Namespaces, identity, History Server and policies; the operator chart; the scheduled example."""
+    inv = ctx.inv
+    rendered = render(inv)
+    kube = ctx.kube()
+    changes: list[str] = []
+    for stem in ("namespaces", "rbac", "history-server", "networkpolicies"):
+        _applied(changes, kube.apply(rendered.objects[stem]))
+    for release in rendered.releases:
+        if kube.helm_upgrade(release):
+            changes.append(f"helm release {release.name} {release.chart} {release.version} installed or upgraded")
+    # The ScheduledSparkApplication needs the operator's CRDs, so it comes after the chart.
+    _applied(changes, kube.apply(rendered.objects["scheduled"]))
+    if not ctx.dry_run:
+        kube.rollout_status("deployment", "spark-history-server", namespace=SPARK_JOBS_NS, timeout_s=600)
+    return _outcome("apply", changes, ctx.dry_run, storage=storage_classes(inv)["shared"])
+
+
+def _outcome(step: str, changes: list[str], dry_run: bool, **facts: Any) -> dict[str, Any]:
+    from datacloud.stages._common import outcome
+
+    return outcome("spark", step, changes, dry_run, **facts)
+
+
+def history_applications(kube: Any) -> list[dict[str, Any]]:
+    """The History Server's application list, through the API server's service proxy."""
+    import json
+
+    path = f"/api/v1/namespaces/{SPARK_JOBS_NS}/services/http:{HISTORY_SERVICE}:{HISTORY_PORT}/proxy/api/v1/applications"
+    res = kube.kubectl("get", "--raw", path, check=False, quiet=True)
+    if res.rc != 0:
+        return []
+    try:
+        return json.loads(res.stdout or "[]")
+    except ValueError:
+        return []
+
+
+def verify(ctx: Any, *, name: str | None = None, clock: Any = None, sleep: Any = None) -> dict[str, Any]:
+    """Submit a small SparkApplication, wait for COMPLETED, then find its run in the History Server."""
+    import time
+
+    from datacloud.errors import TransientError
+    from datacloud.stages.apps_common import Poller
+
+    if ctx.dry_run:
+        return _outcome("verify", [], True, verified=False)
+    kube = ctx.kube()
+    name = name or "datacloud-verify-" + time.strftime("%Y%m%dt%H%M%S", time.gmtime())
+    app = render_smoke(ctx.inv, name)
+    kube.apply(app)
+    log.info("Spark | Verify | submitted SparkApplication %s/%s", SPARK_JOBS_NS, name)
+    state: dict[str, Any] = {}
+
+    def app_state() -> tuple[bool, str]:
+        obj = kube.get_json("sparkapplication", name, namespace=SPARK_JOBS_NS) or {}
+        status = obj.get("status") or {}
+        state.update(status)
+        current = (status.get("applicationState") or {}).get("state") or "PENDING"
+        executors = status.get("executorState") or {}
+        return current in TERMINAL_STATES, f"{current}, {len(executors)} executor(s)"
+
+    try:
+        Poller(f"Spark | Verify | {name}", VERIFY_TIMEOUT_S, clock=clock, sleep=sleep).run(app_state, log)
+        final = (state.get("applicationState") or {}).get("state")
+        if final != "COMPLETED":
+            message = (state.get("applicationState") or {}).get("errorMessage") or "no error message"
+            raise TransientError(f"the verification SparkApplication {name} ended {final}: {message}")
+        app_id = state.get("sparkApplicationId")
+        if not app_id:
+            raise TransientError(f"the verification SparkApplication {name} completed without a sparkApplicationId")
+
+        def in_history() -> tuple[bool, str]:
+            apps = history_applications(kube)
+            found = [a for a in apps if a.get("id") == app_id]
+            done = bool(found) and all(att.get("completed") for att in found[0].get("attempts") or [{}])
+            return done, f"{len(apps)} application(s) listed, {app_id} {'found' if found else 'not yet listed'}"
+
+        Poller("Spark | Verify | History Server", HISTORY_TIMEOUT_S, clock=clock, sleep=sleep).run(in_history, log)
+    finally:
+        kube.kubectl("delete", "sparkapplication", name, "--namespace", SPARK_JOBS_NS, "--ignore-not-found", check=False)
+    return _outcome("verify", [], False, verified=True, application=name, spark_application_id=app_id)
+
+
+def _steps() -> list[Any]:
+    from datacloud.stages._common import Step
+
+    return [Step("apply", apply), Step("verify", verify)]
+
+
+STEPS = _steps()

@@ -45,7 +45,7 @@ def session_conf(app_name: str = "notebook", env: Mapping[str, str] | None = Non
         "spark.kubernetes.authenticate.caCertFile": f"{SA_DIR}/ca.crt",
         "spark.kubernetes.authenticate.oauthTokenFile": f"{SA_DIR}/token",
         "spark.driver.host": env["SPARK_DRIVER_HOST"],
-        "spark.driver.bindAddress": "0.0.0.0",
+        "spark.driver.bindAddress": "0.0.0.0",  # noqa: S104 - executors connect to the pod
         "spark.driver.port": env.get("SPARK_DRIVER_PORT", "7078"),
         "spark.blockManager.port": env.get("SPARK_BLOCK_MANAGER_PORT", "7079"),
         "spark.kubernetes.executor.label.spark-role": "executor",
