@@ -135,10 +135,8 @@ def test_jupyter_apply_writes_the_notebook_mongo_uri_once() -> None:
     assert any("notebook-mongo" in c for c in out["changes"])
     secret = kube.objects["Secret/jupyter/notebook-mongo"]
     uri = secret["stringData"]["uri"]
-    assert (
-        uri
-        == f"mongodb://datacloud:{quote(PASSWORD, safe='')}@datacloud-mongo-mongos.mongo.svc.cluster.local:27017/datacloud?authSource=admin"
-    )
+    host = "datacloud-mongo-mongos.mongo.svc.cluster.local:27017"
+    assert uri == f"mongodb://datacloud:{quote(PASSWORD, safe='')}@{host}/datacloud?authSource=admin"
     assert PASSWORD not in json.dumps(out)
     helm_at = kube.calls.index(("helm", f"jupyterhub@{jupyter.hub_release(inventories()['reference']).version}"))
     assert kube.calls.index(("apply", "Namespace/jupyter")) < helm_at
