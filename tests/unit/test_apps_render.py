@@ -30,6 +30,9 @@ def test_every_object_validates(inv_name: str) -> None:
 def test_schemas_reject_what_we_would_get_wrong() -> None:
     """Our CRD schemas are strict: a typo or a missing field fails (so the tests above can fail)."""
     objs = all_objects("reference")
+    pol = by_kind(objs, "NetworkPolicy")[0]
+    with pytest.raises(AssertionError):
+        validate_object({**pol, "spec": {**pol["spec"], "policyType": ["Ingress"]}}, "1.34.2")
     sched = by_kind(objs, "ScheduledSparkApplication")[0]
     bad = {**sched, "spec": {**sched["spec"], "concurrencyPolicy": "Forbidden"}}
     with pytest.raises(AssertionError, match="Forbidden"):
@@ -281,3 +284,15 @@ def test_stage_modules_render_through_the_registry() -> None:
         jupyter.ADMIN_USER in rendered("reference")["jupyter"].releases[0].values["hub"]["config"]["Authenticator"]["admin_users"]
     )
     assert monitoring.KPS_RELEASE == "kube-prometheus-stack"
+
+
+def test_names_shared_with_the_mongo_stage_agree() -> None:
+    """apps_common names the mongo stage's objects; when that stage is present, they must match."""
+    from datacloud.stages import apps_common as ac
+
+    mongo = pytest.importorskip("datacloud.stages.mongo")
+    assert (mongo.NAMESPACE, mongo.CLUSTER, mongo.MONGO_PORT) == (ac.MONGO_NS, ac.MONGO_CLUSTER, ac.MONGO_PORT)
+    users = {u["name"]: u["secret"] for u in mongo.USERS}
+    assert users[ac.MONGO_APP_USER] == ac.MONGO_APP_SECRET
+    assert users[ac.MONGO_MONITOR_USER] == ac.MONGO_MONITOR_SECRET
+    assert mongo.mongos_host() == ac.mongo_service_host("mongos")
