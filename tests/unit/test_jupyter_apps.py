@@ -262,3 +262,54 @@ def test_example_notebook_reads_daily_delay_stats_and_plots() -> None:
     assert '"daily_delay_stats"' in code
     assert 'format("mongodb")' in code
     assert ".plot" in code
+
+
+def test_admission_policy_narrows_what_notebooks_may_create() -> None:
+    objs = all_objects("reference")
+    (vap,) = by_kind(objs, "ValidatingAdmissionPolicy")
+    (binding,) = by_kind(objs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == vap["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "jupyter"}
+    (cond,) = vap["spec"]["matchConditions"]
+    assert cond["expression"] == 'request.userInfo.username == "system:serviceaccount:jupyter:spark-notebook"'
+    rules = " ".join(v["expression"] for v in vap["spec"]["validations"])
+    assert f"c.image == '{spark.image()}'" in rules
+    assert "spark-role" in rules
+    assert "persistentVolumeClaim" not in rules  # claims are not in the allowed volume kinds
+    assert "has(v.emptyDir) || has(v.configMap) || has(v.projected) || has(v.secret)" in rules
+
+
+def _bootstrap(tmp_path: Path, password: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "doubles_hub")}
+    spec = json.dumps({"db_url": f"sqlite:///{tmp_path / 'hub.sqlite'}", "username": jupyter.ADMIN_USER, "password": password})
+    res = subprocess.run(
+        [sys.executable, "-c", jupyter.BOOTSTRAP_FILE.read_text()],
+        input=spec,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def test_admin_bootstrap_creates_once_and_detects_a_foreign_password(tmp_path: Path) -> None:
+    import sqlite3
+
+    import bcrypt
+
+    assert _bootstrap(tmp_path, "first-secret-value") == "created"
+    assert _bootstrap(tmp_path, "first-secret-value") == "exists"
+    assert _bootstrap(tmp_path, "someone-else") == "exists-other-password"
+    rows = sqlite3.connect(tmp_path / "hub.sqlite").execute("select username, password, is_authorized from users_info").fetchall()
+    assert len(rows) == 1
+    name, hashed, authorized = rows[0]
+    assert name == jupyter.ADMIN_USER
+    assert authorized == 1
+    assert bcrypt.checkpw(b"first-secret-value", hashed)

@@ -131,12 +131,16 @@ def _context(inv: Inventory) -> dict[str, Any]:
         "driver_port": spark.DRIVER_PORT,
         "block_manager_port": spark.BLOCK_MANAGER_PORT,
         "net": netpol_context(inv),
+        "spark_image": spark.image(),
     }
+
+
+STEMS = ("namespace", "rbac", "admission", "networkpolicies")
 
 
 def render(inv: Inventory) -> Rendered:
     ctx = _context(inv)
-    objects = {stem: render_template(f"jupyter/{stem}.yaml.j2", **ctx) for stem in ("namespace", "rbac", "networkpolicies")}
+    objects = {stem: render_template(f"jupyter/{stem}.yaml.j2", **ctx) for stem in STEMS}
     return Rendered(objects=objects, releases=[hub_release(inv)])
 
 
@@ -184,7 +188,7 @@ def apply(ctx: Any) -> dict[str, Any]:
     rendered = render(ctx.inv)
     kube = ctx.kube()
     changes: list[str] = []
-    for stem in ("namespace", "rbac", "networkpolicies"):
+    for stem in STEMS:
         changes += [f"{oid} applied" for oid in kube.apply(rendered.objects[stem]).changed]
     secret, why = notebook_mongo_secret(kube)
     if secret is not None:
@@ -199,6 +203,57 @@ def apply(ctx: Any) -> dict[str, Any]:
         kube.rollout_status("deployment", "hub", namespace=JUPYTER_NS, timeout_s=600)
         kube.rollout_status("deployment", "proxy", namespace=JUPYTER_NS, timeout_s=300)
     return _outcome("apply", changes, ctx.dry_run, admin_user=ADMIN_USER)
+
+
+ADMIN_SECRET = "jupyterhub-admin"  # noqa: S105 - a Secret name; key `password`, generated at run time
+HUB_DB_URL = "sqlite:////srv/jupyterhub/jupyterhub.sqlite"  # the chart's hub.db.type sqlite-pvc
+BOOTSTRAP_FILE = MANIFESTS_DIR / "jupyter" / "bootstrap_admin.py"
+
+
+def ensure_admin(ctx: Any) -> dict[str, Any]:
+    """Create the admin's NativeAuthenticator account (password in Secret jupyter/jupyterhub-admin).
+
+    Sign-up is open to anyone who reaches the hub; the account named in
+    admin_users must therefore exist before people do, with a password we chose.
+    """
+    import json
+    import secrets as pysecrets
+
+    from datacloud.errors import TransientError
+    from datacloud.stages.apps_common import secret_object, secret_value
+
+    kube = ctx.kube()
+    changes: list[str] = []
+    password = secret_value(kube, ADMIN_SECRET, JUPYTER_NS, "password")
+    if password is None:
+        password = pysecrets.token_urlsafe(24)
+        kube.apply([secret_object(ADMIN_SECRET, JUPYTER_NS, {"username": ADMIN_USER, "password": password}, "hub")])
+        changes.append(f"Secret {JUPYTER_NS}/{ADMIN_SECRET} generated ({ADMIN_USER}'s password)")
+    if ctx.dry_run:
+        return _outcome(
+            "admin", changes, True, admin_user=ADMIN_USER, note="the account itself is checked in the hub at run time"
+        )
+    spec = json.dumps({"db_url": HUB_DB_URL, "username": ADMIN_USER, "password": password})
+    res = kube.kubectl(
+        "exec", "-i", "--namespace", JUPYTER_NS, "deploy/hub", "--", "python3", "-c", BOOTSTRAP_FILE.read_text(),
+        stdin=spec, check=False, quiet=True,
+    )  # fmt: skip
+    word = res.stdout.strip().splitlines()[-1] if res.rc == 0 and res.stdout.strip() else ""
+    if word == "created":
+        changes.append(f"JupyterHub account {ADMIN_USER} created (authorized admin)")
+    elif word == "exists-other-password":
+        log.warning(
+            "JupyterHub | Admin | %s exists with a password that is not the one in Secret %s/%s; "
+            "if nobody on your team created it, delete the account in the hub's admin page",
+            ADMIN_USER,
+            JUPYTER_NS,
+            ADMIN_SECRET,
+        )
+    elif word != "exists":
+        raise TransientError(
+            f"creating the JupyterHub admin account failed: {(res.stderr.strip().splitlines() or ['no output'])[-1]}"
+        )
+    return _outcome("admin", changes, False, admin_user=ADMIN_USER, admin_secret=f"{JUPYTER_NS}/{ADMIN_SECRET}")
 
 
 def verify(ctx: Any) -> dict[str, Any]:
@@ -224,7 +279,7 @@ def verify(ctx: Any) -> dict[str, Any]:
 def _steps() -> list[Any]:
     from datacloud.stages._common import Step
 
-    return [Step("apply", apply), Step("verify", verify)]
+    return [Step("apply", apply), Step("admin", ensure_admin), Step("verify", verify)]
 
 
 STEPS = _steps()
