@@ -7,7 +7,7 @@
 #   ports) owned by the pod, so Kubernetes deletes it together with the pod.
 #
 # `c` is the traitlets config object z2jh provides; this file is also imported by
-# tests (tests/unit/test_jupyter_render.py) with a recording double of the API.
+# tests (tests/unit/test_jupyter_apps.py) with a recording double of the API.
 import hashlib
 
 DRIVER_PORT = 7078
