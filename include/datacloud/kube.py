@@ -28,8 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from datacloud.errors import TransientError
 from datacloud.inventory import Inventory
 from datacloud.remote import CommandError, Remote, Result
@@ -129,7 +127,7 @@ class Kube:
         result = ApplyResult(dry_run=self.dry_run)
         for obj in objects:
             oid = object_id(obj)
-            doc = yaml.safe_dump(obj, sort_keys=False)
+            doc = json.dumps(obj)  # JSON is YAML; kubectl reads either
             diff = self.kubectl(
                 "diff",
                 "--server-side",

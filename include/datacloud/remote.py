@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
 SCRIPT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.sh$")
 LIB = "lib.sh"
+USER_ERROR_RC = 3  # lib.sh user_error: the administrator must fix something
 
 
 class HostKeyMismatchError(UserError):
@@ -358,8 +359,17 @@ class Remote:
         timeout: float | None = None,
         check: bool = True,
     ) -> Result:
-        """Run include/scripts/<name> (with lib.sh) with quoted args and environment."""
-        return self.run(script_argv(name, args), env=env, stdin=stdin, timeout=timeout, check=check, what=name)
+        """Run include/scripts/<name> (with lib.sh) with quoted args and environment.
+
+        Exit code 3 (lib.sh's ``user_error``) is a problem the user fixes: UserError, no retries.
+        """
+        res = self.run(script_argv(name, args), env=env, stdin=stdin, timeout=timeout, check=False, what=name)
+        if res.rc == USER_ERROR_RC:
+            lines = res.stderr.strip().splitlines() or ["failed"]
+            raise UserError(f"{self.label}: {lines[-1].rstrip('.')}.")
+        if check and res.rc != 0:
+            raise CommandError(self.node.name, name, res)
+        return res
 
     def _exec(self, command: str, *, stdin: str | bytes | None, timeout: float, quiet: bool) -> Result:
         import paramiko

@@ -43,5 +43,22 @@ ensure_file() {
 
 # pkg_version NAME: installed version or empty.
 pkg_version() {
-  dpkg-query -W -f='${Status} ${Version}\n' "$1" 2>/dev/null | sed -n 's/^install ok installed //p'
+  dpkg-query -W -f='${Status} ${Version}\n' "$1" 2>/dev/null | sed -n 's/^[a-z]* ok installed //p'
+}
+
+# user_error MESSAGE: a problem the administrator fixes (exit 3: no retries).
+user_error() { printf '%s\n' "$*" >&2; exit 3; }
+
+# ensure_unit NAME CONTENT: a systemd unit file, enabled for multi-user.target
+# (by symlink, so it also works where systemd is not running right now).
+ensure_unit() {
+  local name="$1" content="$2"
+  ensure_file "/etc/systemd/system/$name" "$content"
+  local link="/etc/systemd/system/multi-user.target.wants/$name"
+  if [ "$(readlink "$link" 2>/dev/null || true)" != "/etc/systemd/system/$name" ]; then
+    if change "enable $name"; then
+      mkdir -p "$(dirname "$link")"
+      ln -sfn "/etc/systemd/system/$name" "$link"
+    fi
+  fi
 }

@@ -18,7 +18,7 @@ from datacloud.inventory import K8S_VERSION, Inventory, Node, load_inventory
 log = logging.getLogger(__name__)
 
 # An inventory path from the Params form: plain path characters only.
-SAFE_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,255}$")
+SAFE_PATH = re.compile(r"^/?[A-Za-z0-9_][A-Za-z0-9_./-]{0,255}$")
 
 
 class ParamsError(UserError):
@@ -33,6 +33,7 @@ class RunParams:
     stages: tuple[str, ...] = ()
     dry_run: bool = False
     kubernetes_version: str = ""
+    confirm: str = ""
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> RunParams:
@@ -59,7 +60,14 @@ class RunParams:
             raise ParamsError(
                 f"Param kubernetes_version {_short(version)} is not a version like 1.34.2; leave it empty for the inventory's."
             )
-        return cls(inventory=inventory, stages=tuple(stages), dry_run=dry_run, kubernetes_version=version)
+        confirm = params.get("confirm") or ""
+        if (
+            not isinstance(confirm, str)
+            or len(confirm) > 63
+            or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in confirm)
+        ):
+            raise ParamsError(f"Param confirm {_short(confirm)} is not a cluster name; type the cluster name exactly.")
+        return cls(inventory=inventory, stages=tuple(stages), dry_run=dry_run, kubernetes_version=version, confirm=confirm)
 
     def load_inventory(self) -> Inventory:
         inv = load_inventory(config.resolve_inventory_path(self.inventory))
@@ -151,13 +159,20 @@ def outcome(stage: str, step: str, changes: list[str], dry_run: bool, **extra: A
     return {"changes": list(changes), "dry_run": dry_run, **extra}
 
 
+def stage_steps_module(stage: str):
+    """The module of a stage in STAGES, or of another step module (e.g. teardown)."""
+    import importlib
+
+    if not re.fullmatch(r"[a-z_]+", stage):
+        raise ValueError(f"bad stage name {stage!r}")
+    return importlib.import_module(f"datacloud.stages.{stage}")
+
+
 def run_step(
     stage: str, step_name: str, params: Mapping[str, Any], node: str | None = None, previous: Any = None
 ) -> dict[str, Any]:
     """Run one step outside Airflow scheduling concerns (the DAG's tasks call this)."""
-    from datacloud.stages import stage_module
-
-    module = stage_module(stage)
+    module = stage_steps_module(stage)
     step = next(s for s in module.STEPS if s.name == step_name)
     run_params = RunParams.from_params(params)
     inv = run_params.load_inventory()
@@ -175,9 +190,7 @@ def run_step(
 
 
 def step_nodes(stage: str, step_name: str, params: Mapping[str, Any]) -> list[str]:
-    from datacloud.stages import stage_module
-
-    module = stage_module(stage)
+    module = stage_steps_module(stage)
     step = next(s for s in module.STEPS if s.name == step_name)
     inv = RunParams.from_params(params).load_inventory()
     return [n.name for n in step.nodes(inv)]

@@ -34,7 +34,7 @@ def provision_params(default_inventory: str = "inventory.yaml") -> dict[str, Par
             title="Inventory file",
             minLength=1,
             maxLength=256,
-            pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$",
+            pattern=r"^/?[A-Za-z0-9_][A-Za-z0-9_./-]*$",
             description="Path of the inventory YAML; relative paths start at the project folder.",
         ),
         "stages": Param(
@@ -62,8 +62,16 @@ def provision_params(default_inventory: str = "inventory.yaml") -> dict[str, Par
     }
 
 
+def _module(stage: str):
+    if stage in STAGES:
+        return stage_module(stage)
+    from datacloud.stages._common import stage_steps_module
+
+    return stage_steps_module(stage)
+
+
 def _steps(stage: str) -> list[Any]:
-    module = stage_module(stage)
+    module = _module(stage)
     return list(getattr(module, "STEPS", []) or []) if module is not None else []
 
 
@@ -75,7 +83,7 @@ def _selected(stage: str, params: Any) -> None:
 
     with fail_fast():
         chosen = RunParams.from_params(params).stages
-    if stage not in chosen:
+    if stage in STAGES and stage not in chosen:
         raise AirflowSkipException(f"stage {stage} is not selected in this run")
 
 
@@ -116,7 +124,7 @@ def stage_group(stage: str) -> TaskGroup | None:
     steps = _steps(stage)
     if not steps:
         return None
-    module = stage_module(stage)
+    module = _module(stage)
     doc = (module.__doc__ or stage).strip().splitlines()[0]
     with TaskGroup(group_id=stage, tooltip=doc) as group:
         previous_out = None

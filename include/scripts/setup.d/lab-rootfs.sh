@@ -44,5 +44,8 @@ ls "$tmp"/pool/containerd_*.deb >/dev/null || { echo "containerd was not downloa
 touch "$tmp/.done"
 rm -rf "$dest"
 mv "$tmp" "$dest"
+for old in "$CACHE/lab/$SUITE"-*; do   # builds of older versions of this file
+  case "$old" in "$dest"|*.tmp.*) ;; *) rm -rf "$old" ;; esac
+done
 trap - EXIT
 echo "lab root filesystem $SUITE and package pool ($dest)"
