@@ -280,23 +280,25 @@ def test_admission_policy_narrows_what_notebooks_may_create() -> None:
     assert "has(v.emptyDir) || has(v.configMap) || has(v.projected) || has(v.secret)" in rules
 
 
-def _bootstrap(tmp_path: Path, password: str) -> str:
+def _bootstrap(tmp_path: Path, *passwords: str) -> list[str]:
+    """Run bootstrap_admin.py once per password (as the hub would, one exec each) in one interpreter."""
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "doubles_hub")}
-    spec = json.dumps({"db_url": f"sqlite:///{tmp_path / 'hub.sqlite'}", "username": jupyter.ADMIN_USER, "password": password})
-    res = subprocess.run(
-        [sys.executable, "-c", jupyter.BOOTSTRAP_FILE.read_text()],
-        input=spec,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
+    db = f"sqlite:///{tmp_path / 'hub.sqlite'}"
+    specs = [json.dumps({"db_url": db, "username": jupyter.ADMIN_USER, "password": p}) for p in passwords]
+    driver = (
+        "import io, json, sys\n"
+        f"code = compile(open({str(jupyter.BOOTSTRAP_FILE)!r}).read(), 'bootstrap_admin.py', 'exec')\n"
+        "for spec in json.loads(sys.argv[1]):\n"
+        "    sys.stdin = io.StringIO(spec)\n"
+        "    exec(code, {'__name__': '__main__'})\n"
     )
+    res = subprocess.run([sys.executable, "-c", driver, json.dumps(specs)], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 0, res.stderr
-    return res.stdout.strip()
+    return res.stdout.split()
 
 
 def test_admin_bootstrap_creates_once_and_detects_a_foreign_password(tmp_path: Path) -> None:
@@ -304,9 +306,8 @@ def test_admin_bootstrap_creates_once_and_detects_a_foreign_password(tmp_path: P
 
     import bcrypt
 
-    assert _bootstrap(tmp_path, "first-secret-value") == "created"
-    assert _bootstrap(tmp_path, "first-secret-value") == "exists"
-    assert _bootstrap(tmp_path, "someone-else") == "exists-other-password"
+    words = _bootstrap(tmp_path, "first-secret-value", "first-secret-value", "someone-else")
+    assert words == ["created", "exists", "exists-other-password"]
     rows = sqlite3.connect(tmp_path / "hub.sqlite").execute("select username, password, is_authorized from users_info").fetchall()
     assert len(rows) == 1
     name, hashed, authorized = rows[0]
