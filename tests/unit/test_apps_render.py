@@ -296,3 +296,17 @@ def test_names_shared_with_the_mongo_stage_agree() -> None:
     assert users[ac.MONGO_APP_USER] == ac.MONGO_APP_SECRET
     assert users[ac.MONGO_MONITOR_USER] == ac.MONGO_MONITOR_SECRET
     assert mongo.mongos_host() == ac.mongo_service_host("mongos")
+
+
+def test_api_server_may_call_webhooks_and_proxy_to_the_history_server() -> None:
+    """The API server's traffic comes from a node address or, across the overlay, a tunnel address."""
+    inv = inventories()["reference"]
+    pols = {p["metadata"]["name"]: p for p in by_kind(all_objects("reference"), "NetworkPolicy")}
+    for name, port in (
+        ("allow-webhook-from-apiserver", 9443),
+        ("allow-history-server-from-apiserver", 18080),
+        ("allow-operator-webhook", 10250),
+    ):
+        (rule,) = pols[name]["spec"]["ingress"]
+        assert {b["ipBlock"]["cidr"] for b in rule["from"]} == {str(inv.network.subnet), str(inv.cluster.pod_cidr)}
+        assert [p["port"] for p in rule["ports"]] == [port]

@@ -61,6 +61,7 @@ def netpol_context(inv: Inventory) -> dict[str, Any]:
         "apiserver_cidr": f"{inv.control_plane.address}/32",
         "apiserver_port": 6443,
         "node_subnet": str(inv.network.subnet),
+        "pod_cidr": str(inv.cluster.pod_cidr),
         "mongo_ns": MONGO_NS,
         "mongo_port": MONGO_PORT,
         "monitoring_ns": MONITORING_NS,
