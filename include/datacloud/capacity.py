@@ -100,7 +100,8 @@ def catalogue(inv: Inventory) -> list[Workload]:
         Workload.of("monitoring", "prometheus-operator", 1, mo.operator),
         Workload.of("monitoring", "kube-state-metrics", 1, mo.kube_state_metrics),
         Workload.of("monitoring", "node-exporter", 1, mo.node_exporter, placement="every-node"),
-        Workload.of("monitoring", "mongodb-exporter", 1, mo.mongodb_exporter),
+        # one exporter per MongoDB target: mongos, the config servers and every shard
+        Workload.of("monitoring", "mongodb-exporter", m.shards + 2, mo.mongodb_exporter),
         Workload.of("monitoring", "headlamp", 1, mo.headlamp),
     ]
     return out

@@ -1,0 +1,285 @@
+"""Stage jupyter: JupyterHub (zero-to-jupyterhub chart) wired to Spark and MongoDB.
+
+``render(inv)`` gives the namespace, the notebook identity (ServiceAccount
+``spark-notebook`` with a Role limited to executor pods in ``jupyter``), the
+NetworkPolicies for driver<->executor traffic, and the chart release whose values
+set: NativeAuthenticator (sign-up needs an admin's approval; never the dummy
+authenticator), per-user volumes on the block StorageClass, idle culling, the
+single-user image from manifests/images/jupyter, and the spawner hooks of
+manifests/jupyter/spark_driver_service.py that give every user pod its Spark
+driver Service.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from datacloud.config import MANIFESTS_DIR
+from datacloud.inventory import Inventory
+from datacloud.render import Release, Rendered, render_template, versions
+from datacloud.stages import spark
+from datacloud.stages.apps_common import JUPYTER_NS, netpol_context, resources, storage_classes
+
+log = logging.getLogger(__name__)
+
+RELEASE = "jupyterhub"
+NOTEBOOK_SA = "spark-notebook"
+ADMIN_USER = "datacloud-admin"
+MONGO_SECRET = "notebook-mongo"  # noqa: S105 - a Secret name; key `uri`: created by the stage from the datacloud_mongo connection
+# Labels KubeSpawner/z2jh put on user pods, and Spark on executor pods
+# (manifests/monitoring/chart-labels.yaml records where they come from).
+NOTEBOOK_LABELS = {"component": "singleuser-server"}
+EXECUTOR_LABELS = {"spark-role": "executor", "datacloud/notebook-executor": "true"}
+HOOKS_FILE = MANIFESTS_DIR / "jupyter" / "spark_driver_service.py"
+
+
+def image() -> tuple[str, str]:
+    name, _, tag = str(versions()["jupyter"]["image"]).rpartition(":")
+    return name, tag
+
+
+def _ports(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": p} for p in ports]
+
+
+def hub_release(inv: Inventory) -> Release:
+    j = inv.components.jupyter
+    net = netpol_context(inv)
+    classes = storage_classes(inv)
+    chart = versions()["jupyter"]["chart"]
+    name, tag = image()
+    executors = {"podSelector": {"matchLabels": EXECUTOR_LABELS}}
+    values: dict[str, Any] = {
+        "hub": {
+            "config": {
+                "JupyterHub": {"authenticator_class": "nativeauthenticator.NativeAuthenticator"},
+                "Authenticator": {"admin_users": [ADMIN_USER]},
+                "NativeAuthenticator": {
+                    "open_signup": False,  # a new account waits for an admin's approval
+                    "minimum_password_length": 12,
+                    "check_common_password": True,
+                    "allowed_failed_logins": 5,
+                    "seconds_before_next_try": 600,
+                },
+            },
+            "resources": resources(j.hub),
+            "db": {"type": "sqlite-pvc", "pvc": {"storageClassName": classes["block"], "storage": "1Gi"}},
+            "networkPolicy": {"enabled": True},
+            "extraConfig": {"datacloud-spark": HOOKS_FILE.read_text()},
+        },
+        "proxy": {
+            "service": {"type": "ClusterIP"},
+            "https": {"enabled": False},
+            "chp": {"resources": resources(j.proxy), "networkPolicy": {"enabled": True}},
+        },
+        "singleuser": {
+            "image": {"name": name, "tag": tag, "pullPolicy": "IfNotPresent"},
+            "serviceAccountName": NOTEBOOK_SA,
+            "cpu": {"guarantee": j.user.cpu_m / 1000, "limit": max(1.0, j.user.cpu_m * 4 / 1000)},
+            "memory": {"guarantee": f"{j.user.memory_mb}M", "limit": f"{j.user.limit_mb}M"},
+            "storage": {
+                "type": "dynamic",
+                "capacity": f"{j.volume_gb}Gi",
+                "dynamic": {"storageClass": classes["block"]},
+                "homeMountPath": "/home/jovyan",
+            },
+            "startTimeout": 600,
+            "extraEnv": {
+                "SPARK_EXECUTOR_IMAGE": spark.image(),
+                "SPARK_MIN_EXECUTORS": str(inv.components.spark.min_executors),
+                "SPARK_MAX_EXECUTORS": str(inv.components.spark.max_executors),
+                "SPARK_EXECUTOR_CORES": str(max(1, inv.components.spark.executor.cpu_m // 1000)),
+                "SPARK_EXECUTOR_MEMORY": spark.jvm_memory(inv.components.spark.executor)[0],
+                "SPARK_EXECUTOR_MEMORY_OVERHEAD": spark.jvm_memory(inv.components.spark.executor)[1],
+                "MONGODB_URI": {"valueFrom": {"secretKeyRef": {"name": MONGO_SECRET, "key": "uri", "optional": True}}},
+            },
+            "networkPolicy": {
+                "enabled": True,
+                # Executors connect back to the notebook's driver and block manager.
+                "ingress": [{"from": [executors], "ports": _ports(spark.DRIVER_PORT, spark.BLOCK_MANAGER_PORT)}],
+                "egress": [
+                    {"to": [executors], "ports": _ports(spark.BLOCK_MANAGER_PORT)},
+                    {"to": [{"ipBlock": {"cidr": net["apiserver_cidr"]}}], "ports": _ports(net["apiserver_port"])},
+                    {
+                        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": net["mongo_ns"]}}}],
+                        "ports": _ports(net["mongo_port"]),
+                    },
+                ],
+                "egressAllowRules": {"privateIPs": False, "nonPrivateIPs": True, "dnsPortsPrivateIPs": True},
+            },
+        },
+        "cull": {"enabled": True, "timeout": j.cull_idle_s, "every": 300, "users": False, "maxAge": 0},
+        # Small-cluster profile: no image-puller DaemonSets, no user scheduler or placeholders
+        # (the capacity catalogue counts hub and proxy only).
+        "prePuller": {"hook": {"enabled": False}, "continuous": {"enabled": False}},
+        "scheduling": {
+            "userScheduler": {"enabled": False},
+            "podPriority": {"enabled": False},
+            "userPlaceholder": {"enabled": False},
+        },
+    }
+    return Release(RELEASE, JUPYTER_NS, chart["name"], chart["repo"], str(chart["version"]), values)
+
+
+def _context(inv: Inventory) -> dict[str, Any]:
+    return {
+        "ns": JUPYTER_NS,
+        "notebook_sa": NOTEBOOK_SA,
+        "notebook_labels": NOTEBOOK_LABELS,
+        "executor_labels": EXECUTOR_LABELS,
+        "driver_port": spark.DRIVER_PORT,
+        "block_manager_port": spark.BLOCK_MANAGER_PORT,
+        "net": netpol_context(inv),
+        "spark_image": spark.image(),
+    }
+
+
+STEMS = ("namespace", "rbac", "admission", "networkpolicies")
+
+
+def render(inv: Inventory) -> Rendered:
+    ctx = _context(inv)
+    objects = {stem: render_template(f"jupyter/{stem}.yaml.j2", **ctx) for stem in STEMS}
+    return Rendered(objects=objects, releases=[hub_release(inv)])
+
+
+# --- run side (the stage contract of datacloud.stages: STEPS) -------------------
+
+
+def _outcome(step: str, changes: list[str], dry_run: bool, **facts: Any) -> dict[str, Any]:
+    from datacloud.stages._common import outcome
+
+    return outcome("jupyter", step, changes, dry_run, **facts)
+
+
+def notebook_mongo_secret(kube: Any) -> tuple[dict[str, Any] | None, str]:
+    """The Secret `notebook-mongo` (key `uri`) from the mongo stage's application user, or why not."""
+    from urllib.parse import quote
+
+    from datacloud.config import MONGO_DATABASE
+    from datacloud.stages.apps_common import (
+        MONGO_APP_SECRET,
+        MONGO_APP_USER,
+        MONGO_NS,
+        MONGO_PORT,
+        mongo_service_host,
+        secret_object,
+        secret_value,
+    )
+
+    password = secret_value(kube, MONGO_APP_SECRET, MONGO_NS, "password")
+    if password is None:
+        return None, f"Secret {MONGO_NS}/{MONGO_APP_SECRET} does not exist yet (run the mongo stage)"
+    uri = (
+        f"mongodb://{quote(MONGO_APP_USER, safe='')}:{quote(password, safe='')}@{mongo_service_host('mongos')}:{MONGO_PORT}/"
+        f"{MONGO_DATABASE}?authSource=admin"
+    )
+    if secret_value(kube, MONGO_SECRET, JUPYTER_NS, "uri") == uri:
+        return None, "unchanged"
+    return secret_object(MONGO_SECRET, JUPYTER_NS, {"uri": uri}, "notebook"), "changed"
+
+
+def apply(ctx: Any) -> dict[str, Any]:
+    """Images agree; namespace, identity and policies; the MongoDB URI Secret; the JupyterHub chart."""
+    from datacloud.images import check_versions
+
+    check_versions()
+    rendered = render(ctx.inv)
+    kube = ctx.kube()
+    changes: list[str] = []
+    for stem in STEMS:
+        changes += [f"{oid} applied" for oid in kube.apply(rendered.objects[stem]).changed]
+    secret, why = notebook_mongo_secret(kube)
+    if secret is not None:
+        kube.apply([secret])
+        changes.append(f"Secret {JUPYTER_NS}/{MONGO_SECRET} written (MongoDB URI for notebooks)")
+    elif why != "unchanged":
+        log.warning("JupyterHub | MongoDB | %s; notebooks start without MONGODB_URI until the stage runs again", why)
+    for release in rendered.releases:
+        if kube.helm_upgrade(release):
+            changes.append(f"helm release {release.name} {release.chart} {release.version} installed or upgraded")
+    if not ctx.dry_run:
+        kube.rollout_status("deployment", "hub", namespace=JUPYTER_NS, timeout_s=600)
+        kube.rollout_status("deployment", "proxy", namespace=JUPYTER_NS, timeout_s=300)
+    return _outcome("apply", changes, ctx.dry_run, admin_user=ADMIN_USER)
+
+
+ADMIN_SECRET = "jupyterhub-admin"  # noqa: S105 - a Secret name; key `password`, generated at run time
+HUB_DB_URL = "sqlite:////srv/jupyterhub/jupyterhub.sqlite"  # the chart's hub.db.type sqlite-pvc
+BOOTSTRAP_FILE = MANIFESTS_DIR / "jupyter" / "bootstrap_admin.py"
+
+
+def ensure_admin(ctx: Any) -> dict[str, Any]:
+    """Create the admin's NativeAuthenticator account (password in Secret jupyter/jupyterhub-admin).
+
+    Sign-up is open to anyone who reaches the hub; the account named in
+    admin_users must therefore exist before people do, with a password we chose.
+    """
+    import json
+    import secrets as pysecrets
+
+    from datacloud.errors import TransientError
+    from datacloud.stages.apps_common import secret_object, secret_value
+
+    kube = ctx.kube()
+    changes: list[str] = []
+    password = secret_value(kube, ADMIN_SECRET, JUPYTER_NS, "password")
+    if password is None:
+        password = pysecrets.token_urlsafe(24)
+        kube.apply([secret_object(ADMIN_SECRET, JUPYTER_NS, {"username": ADMIN_USER, "password": password}, "hub")])
+        changes.append(f"Secret {JUPYTER_NS}/{ADMIN_SECRET} generated ({ADMIN_USER}'s password)")
+    if ctx.dry_run:
+        return _outcome(
+            "admin", changes, True, admin_user=ADMIN_USER, note="the account itself is checked in the hub at run time"
+        )
+    spec = json.dumps({"db_url": HUB_DB_URL, "username": ADMIN_USER, "password": password})
+    res = kube.kubectl(
+        "exec", "-i", "--namespace", JUPYTER_NS, "deploy/hub", "--", "python3", "-c", BOOTSTRAP_FILE.read_text(),
+        stdin=spec, check=False, quiet=True,
+    )  # fmt: skip
+    word = res.stdout.strip().splitlines()[-1] if res.rc == 0 and res.stdout.strip() else ""
+    if word == "created":
+        changes.append(f"JupyterHub account {ADMIN_USER} created (authorized admin)")
+    elif word == "exists-other-password":
+        log.warning(
+            "JupyterHub | Admin | %s exists with a password that is not the one in Secret %s/%s; "
+            "if nobody on your team created it, delete the account in the hub's admin page",
+            ADMIN_USER,
+            JUPYTER_NS,
+            ADMIN_SECRET,
+        )
+    elif word != "exists":
+        raise TransientError(
+            f"creating the JupyterHub admin account failed: {(res.stderr.strip().splitlines() or ['no output'])[-1]}"
+        )
+    return _outcome("admin", changes, False, admin_user=ADMIN_USER, admin_secret=f"{JUPYTER_NS}/{ADMIN_SECRET}")
+
+
+def verify(ctx: Any) -> dict[str, Any]:
+    """The hub answers its REST API and reports NativeAuthenticator."""
+    import json
+
+    from datacloud.errors import TransientError
+
+    if ctx.dry_run:
+        return _outcome("verify", [], True, verified=False)
+    kube = ctx.kube()
+    probe = (
+        "import json, urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8081/hub/api/', timeout=10).read().decode())"
+    )
+    res = kube.kubectl("exec", "--namespace", JUPYTER_NS, "deploy/hub", "--", "python3", "-c", probe, check=False, quiet=True)
+    if res.rc != 0:
+        raise TransientError(f"the JupyterHub API did not answer: {(res.stderr.strip().splitlines() or ['no output'])[-1]}")
+    version = json.loads(res.stdout).get("version")
+    log.info("JupyterHub | Verify | hub %s answers; sign in at the proxy (docs/services.md)", version)
+    return _outcome("verify", [], False, verified=True, hub_version=version)
+
+
+def _steps() -> list[Any]:
+    from datacloud.stages._common import Step
+
+    return [Step("apply", apply), Step("admin", ensure_admin), Step("verify", verify)]
+
+
+STEPS = _steps()

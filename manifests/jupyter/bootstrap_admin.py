@@ -1,0 +1,25 @@
+# Runs inside the hub pod (kubectl exec -i deploy/hub -- python3 -c "<this file>"),
+# reading {"db_url", "username", "password"} as JSON on stdin: creates the
+# NativeAuthenticator account of the platform admin, authorized, unless it exists.
+# Without it, whoever signs up first under the admin's name would become admin.
+# Prints one word: created | exists | exists-other-password.
+import json
+import sys
+
+import bcrypt
+from jupyterhub import orm
+from nativeauthenticator.orm import UserInfo
+
+spec = json.loads(sys.stdin.read())
+session = orm.new_session_factory(spec["db_url"])()
+UserInfo.__table__.create(session.get_bind(), checkfirst=True)
+user = session.query(UserInfo).filter(UserInfo.username == spec["username"]).first()
+if user is None:
+    hashed = bcrypt.hashpw(spec["password"].encode(), bcrypt.gensalt())
+    session.add(UserInfo(username=spec["username"], password=hashed, is_authorized=True))
+    session.commit()
+    print("created")
+elif bcrypt.checkpw(spec["password"].encode(), user.password):
+    print("exists")
+else:
+    print("exists-other-password")

@@ -1,0 +1,1 @@
+"""Test double of the jupyterhub package (only jupyterhub.orm is provided)."""

@@ -1,0 +1,1 @@
+"""Test double of the nativeauthenticator package (only nativeauthenticator.orm)."""
