@@ -16,6 +16,7 @@ taken from the project folder).
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
+
 from datacloud.dag_defaults import DEFAULT_ARGS, START
 
 

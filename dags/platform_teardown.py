@@ -15,6 +15,7 @@ can build the cluster again.
 from __future__ import annotations
 
 from airflow.sdk import Param, dag
+
 from datacloud.dag_defaults import DEFAULT_ARGS, START
 from datacloud.stages._dag import stage_group
 

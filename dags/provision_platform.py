@@ -19,6 +19,7 @@ work is one mapped task per node (pool `datacloud_nodes`).
 from __future__ import annotations
 
 from airflow.sdk import dag
+
 from datacloud.dag_defaults import DEFAULT_ARGS, START
 from datacloud.stages._dag import provision_params, stage_groups
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from datacloud.localstack import Stack, free_port
-
 from tests.dags.test_dag_integrity import DAG_FILES, parse
 
 BASELINE = """

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import yaml
+
 from datacloud.config import REPO_ROOT
 from datacloud.inventory import Inventory, parse_inventory
 

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from datacloud.api import AirflowAPI
 from datacloud.localstack import Stack, free_port
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from datacloud.forward import ssh_forward
-from datacloud.sharding import ShardingError
-from datacloud.stages import mongo
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
+from datacloud.forward import ssh_forward
+from datacloud.sharding import ShardingError
+from datacloud.stages import mongo
 from tests.helpers import datalayer_inventories as inventories
 from tests.helpers.kube_double import KubeDoubleState, StageContextDouble
 from tests.helpers.mongos_double import MemberDouble, MongosDouble, ScramServer

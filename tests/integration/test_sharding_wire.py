@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from datacloud import sharding
-from datacloud.sharding import ShardingError
 from pymongo import MongoClient
 
+from datacloud import sharding
+from datacloud.sharding import ShardingError
 from tests.helpers.mongos_double import MemberDouble, MongosDouble
 
 

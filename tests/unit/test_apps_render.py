@@ -8,10 +8,10 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from datacloud import capacity
 from datacloud.stages import jupyter, monitoring, spark
 from datacloud.stages.apps_common import JUPYTER_NS, MONITORING_NS, SPARK_JOBS_NS, SPARK_OPERATOR_NS
-
 from tests.helpers.kube_schema import containers, crd_schema, validate_object
 from tests.unit.apps_fixtures import all_objects, by_kind, inventories, rendered, selects
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from datacloud.config import REPO_ROOT
 from datacloud.kube import Kube
 from datacloud.remote import CommandError, Result
 from datacloud.stages import jupyter, monitoring, spark
 from datacloud.stages.apps_common import MONGO_APP_SECRET, MONGO_MONITOR_SECRET, MONGO_NS
-
 from tests.unit.apps_fixtures import inventories
 
 DOUBLE = REPO_ROOT / "tests" / "lab" / "doubles" / "double.py"

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
+
 from datacloud.errors import TransientError, UserError
 from datacloud.remote import Result
 from datacloud.stages import jupyter, monitoring, spark
 from datacloud.stages.apps_common import MONGO_APP_SECRET, MONGO_MONITOR_SECRET, MONGO_NS
-
 from tests.unit.apps_fixtures import inventories
 from tests.unit.kube_double import FakeClock, RecordingKubeDouble
 

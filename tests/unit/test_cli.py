@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from datacloud.cli import main
 from datacloud.stages import STAGES
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
+
 from datacloud import capacity
 from datacloud.inventory import Inventory
 from datacloud.render import Rendered, render_all
 from datacloud.stages import mongo, storage
-
 from tests.helpers import datalayer_inventories as inventories
 from tests.helpers.kube_schema import containers, validate_object
 

@@ -7,9 +7,9 @@ import logging
 from types import SimpleNamespace
 
 import pytest
+
 from datacloud.errors import TransientError
 from datacloud.stages import mongo, storage
-
 from tests.helpers import datalayer_inventories as inventories
 from tests.helpers.kube_double import KubeDoubleState, StageContextDouble
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from datacloud.errors import InventoryError
 from datacloud.inventory import allocatable, load_inventory, parse_inventory, parse_inventory_text, reserved_memory_mb
 

@@ -6,11 +6,12 @@ import copy
 from pathlib import Path
 
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from datacloud import capacity
 from datacloud.errors import InventoryError
 from datacloud.inventory import Inventory, parse_inventory
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((ROOT / "inventory.example.yaml").read_text())

@@ -13,10 +13,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from datacloud.config import REPO_ROOT
 from datacloud.images import ImageVersionError, check_versions, dockerfile_args
 from datacloud.stages import jupyter, spark
-
 from tests.unit.apps_fixtures import all_objects, by_kind, inventories, rendered, selects
 
 IMAGES = REPO_ROOT / "manifests" / "images"

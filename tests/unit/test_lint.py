@@ -11,5 +11,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_ruff_clean() -> None:
     ruff = Path(sys.executable).parent / "ruff"
-    out = subprocess.run([str(ruff), "check", "include", "dags", "plugins", "tests"], cwd=ROOT, capture_output=True, text=True)
+    trees = [d for d in ("include", "dags", "plugins", "tests") if (ROOT / d).is_dir()]
+    out = subprocess.run([str(ruff), "check", *trees], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-4000:]

@@ -6,7 +6,6 @@ import base64
 import re
 
 from datacloud.stages import mongo
-
 from tests.helpers import datalayer_inventories as inventories
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from datacloud.stages import monitoring, spark
 from datacloud.stages.apps_common import MONITORING_NS
-
 from tests.unit.apps_fixtures import all_objects, by_kind, inventories, selects
 
 PROMTOOL = shutil.which("promtool")

@@ -8,7 +8,6 @@ from datacloud import tunnels
 from datacloud.cli import main
 from datacloud.config import REPO_ROOT
 from datacloud.inventory import parse_inventory_text
-
 from tests.unit.apps_fixtures import all_objects, by_kind, inventories
 
 
