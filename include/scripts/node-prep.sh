@@ -51,6 +51,10 @@ for kv in "${sysctls[@]}"; do
 done
 
 # --- package sources ---------------------------------------------------------------
+# a dpkg run interrupted earlier (lost connection, reboot) must finish first
+if [ -n "$(ls -A /var/lib/dpkg/updates 2>/dev/null)" ]; then
+  change "finish an interrupted dpkg run (dpkg --configure -a)" && dpkg --configure -a
+fi
 need_update=0
 if [ -n "$APT_KEY_URL" ] && [ ! -s "$KEYRING" ]; then
   if change "fetch the repository key into $KEYRING"; then
@@ -110,7 +114,7 @@ if [ "${#wrong[@]}" -gt 0 ]; then
     apt-get install -y -q --no-install-recommends --allow-downgrades --allow-change-held-packages "${wrong[@]}" >/dev/null
   fi
 fi
-held=$(apt-mark showhold)
+held=$(held_packages)
 for p in "${want_k8s[@]}"; do
   if ! grep -qx "$p" <<<"$held" && [ -n "$(pkg_version "$p")" ]; then
     change "hold $p at $K8S_PKG_VERSION" && apt-mark hold "$p" >/dev/null
