@@ -30,7 +30,7 @@ from datacloud.stages._dag import stage_group
     doc_md=__doc__,
     params={
         "inventory": Param(
-            "inventory.yaml", type="string", minLength=1, maxLength=256, pattern=r"^/?[A-Za-z0-9_][A-Za-z0-9_./-]*$"
+            "inventory.yaml", type="string", minLength=1, maxLength=256, pattern=r"^(?!.*\.\.)/?[A-Za-z0-9_][A-Za-z0-9_./-]*$"
         ),
         "confirm": Param("", type="string", title="Type the cluster name to confirm", maxLength=63),
         "dry_run": Param(False, type="boolean", title="Dry run"),

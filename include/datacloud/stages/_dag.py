@@ -34,7 +34,7 @@ def provision_params(default_inventory: str = "inventory.yaml") -> dict[str, Par
             title="Inventory file",
             minLength=1,
             maxLength=256,
-            pattern=r"^/?[A-Za-z0-9_][A-Za-z0-9_./-]*$",
+            pattern=r"^(?!.*\.\.)/?[A-Za-z0-9_][A-Za-z0-9_./-]*$",
             description="Path of the inventory YAML; relative paths start at the project folder.",
         ),
         "stages": Param(
@@ -56,7 +56,7 @@ def provision_params(default_inventory: str = "inventory.yaml") -> dict[str, Par
             "",
             type="string",
             title="Kubernetes version",
-            pattern=f"^$|{K8S_VERSION.pattern[1:-1]}",
+            pattern=f"^(|{K8S_VERSION.pattern[1:-1]})$",
             description="Empty: the inventory's cluster.kubernetes_version.",
         ),
     }
