@@ -435,6 +435,33 @@ def test_nothing_unquoted_reaches_the_node_shell(lab: Lab, env: dict[str, str], 
 # --- 5. teardown -------------------------------------------------------------------------
 
 
+def test_kube_apply_reports_changed_then_unchanged_and_dry_run_applies_nothing(
+    lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API the later stages use (kubectl runs on the control plane over SSH)."""
+    from datacloud.inventory import load_inventory
+    from datacloud.kube import Kube
+
+    _remote_env(lab, env, monkeypatch)
+    inv = load_inventory(lab.inventory_path)
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe", "namespace": "default"}, "data": {"a": "1"}}
+    with Kube(inv, dry_run=True) as kube:
+        if not kube.available():
+            pytest.skip("the cluster was torn down by an earlier test")
+        assert kube.apply([cm]).changed == ["ConfigMap/default/probe"]
+    assert "ConfigMap/default/probe" not in lab.cluster_state()["objects"]  # dry run: nothing stored
+    with Kube(inv) as kube:
+        assert kube.apply([cm]).changed == ["ConfigMap/default/probe"]
+        assert kube.apply([cm]).unchanged == ["ConfigMap/default/probe"]
+        assert kube.get_json("configmap", "probe", namespace="default")["data"] == {"a": "1"}
+        assert kube.get_json("configmap", "missing", namespace="default") is None
+        assert kube.exists("deployment", "coredns", namespace="kube-system")
+        kube.rollout_status("deployment", "coredns", namespace="kube-system")
+    applies = [c for c in lab.calls() if c["tool"] == "kubectl" and "apply" in c["argv"]]
+    assert len(applies) == 1
+    assert applies[0]["argv"][2:] == ["apply", "--server-side", "--field-manager", "datacloud", "--force-conflicts", "-f", "-"]
+
+
 def test_teardown_needs_the_cluster_name_then_cleans_every_node(
     lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -460,3 +487,24 @@ def test_teardown_needs_the_cluster_name_then_cleans_every_node(
         text=True,
     )
     assert got.returncode != 0 or json.loads(got.stdout or "[]") == []
+
+
+def test_join_survives_a_transient_failure(lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After teardown: init again, then a join whose first kubeadm call fails like a refused connection."""
+    from datacloud.errors import TransientError
+    from datacloud.stages._common import run_step
+
+    _remote_env(lab, env, monkeypatch)
+    run_step("kubernetes", "init", conf(lab))
+    lab.inject_fault("kubeadm", "join", "n2", times=1)
+    with pytest.raises(TransientError, match="kubeadm join of n2 failed"):
+        run_step("kubernetes", "join", conf(lab), node="n2")
+    assert not lab.nodes[1].path("/etc/kubernetes/kubelet.conf").exists()
+    assert run_step("kubernetes", "join", conf(lab), node="n2")["changes"][0].startswith("kubeadm join ")  # the retry, new token
+    assert run_step("kubernetes", "join", conf(lab), node="n2")["changes"] == []  # already a member
+    tokens = [
+        c
+        for c in lab.calls()
+        if c["tool"] == "kubeadm" and c["argv"][:2] == ["token", "create"] and "datacloud join of n2" in c["argv"]
+    ]
+    assert len(tokens) >= 3  # one fresh token per join attempt (the first run's, the failed one, the retry)
