@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag
 from datacloud.dag_defaults import DEFAULT_ARGS, START
-from datacloud.stages._dag import stage_group
+from datacloud.stages._dag import nodes_pool_task, stage_group
 
 
 @dag(
@@ -37,7 +37,7 @@ from datacloud.stages._dag import stage_group
     },
 )
 def platform_teardown():
-    stage_group("teardown")
+    nodes_pool_task() >> stage_group("teardown")
 
 
 platform_teardown()

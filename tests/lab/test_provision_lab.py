@@ -151,6 +151,14 @@ def test_full_run_prepares_nodes_and_drives_the_tools(lab: Lab, env: dict[str, s
     result, out = run_dag(env, "provision_platform", conf(lab))
     assert result["state"] == "success", out[-4000:]
     assert set(tis(result, "node_prep.prepare")) == {"n1", "n2", "n3"}  # one grid entry per node
+    pool = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "pools", "get", "datacloud_nodes", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(json.loads(pool.stdout)[0]["slots"]) == 10  # created by the run's first task
     assert set(tis(result, "kubernetes.join")) == {"n2", "n3"}
 
     for node in lab.nodes:
