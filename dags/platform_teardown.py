@@ -17,7 +17,7 @@ from __future__ import annotations
 from airflow.sdk import Param, dag
 
 from datacloud.dag_defaults import DEFAULT_ARGS, START
-from datacloud.stages._dag import stage_group
+from datacloud.stages._dag import nodes_pool_task, stage_group
 
 
 @dag(
@@ -31,14 +31,14 @@ from datacloud.stages._dag import stage_group
     doc_md=__doc__,
     params={
         "inventory": Param(
-            "inventory.yaml", type="string", minLength=1, maxLength=256, pattern=r"^/?[A-Za-z0-9_][A-Za-z0-9_./-]*$"
+            "inventory.yaml", type="string", minLength=1, maxLength=256, pattern=r"^(?!.*\.\.)/?[A-Za-z0-9_][A-Za-z0-9_./-]*$"
         ),
         "confirm": Param("", type="string", title="Type the cluster name to confirm", maxLength=63),
         "dry_run": Param(False, type="boolean", title="Dry run"),
     },
 )
 def platform_teardown():
-    stage_group("teardown")
+    nodes_pool_task() >> stage_group("teardown")
 
 
 platform_teardown()

@@ -62,11 +62,12 @@ def sh(*argv: str, check: bool = True, quiet: bool = False) -> subprocess.Comple
 
 def rootfs_dir() -> Path:
     """The cached root filesystem (built by the setup step when missing)."""
-    key = hashlib.sha256(SETUP_STEP.read_bytes()).hexdigest()[:12]
-    dest = config.cache_dir() / "lab" / f"{SUITE}-{key}"
+    env = {**os.environ, "CACHE": str(config.cache_dir()), "ROOT": str(ROOT)}
+    dest = Path(
+        subprocess.run(["bash", str(SETUP_STEP), "--dest"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+    )
     if not (dest / ".done").exists():
         print(f"lab | building the node root filesystem once ({dest}); this takes a few minutes", file=sys.stderr)
-        env = {**os.environ, "CACHE": str(config.cache_dir()), "ROOT": str(ROOT)}
         subprocess.run(["bash", str(SETUP_STEP)], check=True, env=env)
     return dest
 
@@ -137,8 +138,8 @@ def build_repo() -> Path:
     (tmp / "Packages").write_bytes(out.stdout)
     subprocess.run(["gzip", "-k", "-9", "Packages"], cwd=tmp, check=True)
     _release(tmp)
-    for old in repo.parent.glob("repo-*"):
-        if old != repo and ".tmp" not in old.name:
+    for old in repo.parent.glob("repo-*"):  # other versions, unused for a day (other checkouts may serve theirs)
+        if old != repo and ".tmp" not in old.name and time.time() - old.stat().st_mtime > 86400:
             shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(repo, ignore_errors=True)
     tmp.rename(repo)

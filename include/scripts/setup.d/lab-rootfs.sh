@@ -7,18 +7,22 @@
 # once with the root filesystem's own apt so dependencies resolve against what
 # a node really has. The lab serves that pool as a local apt repository: lab
 # nodes have no route to any registry, like a private network without internet.
-# Cached under $CACHE/lab/<key>; the key changes when this file changes.
-# Prints one line: "skipped: ..." or what it built (dev-setup.sh collects it).
+# Cached under $CACHE/lab/<suite>-<key>; the key changes when the suite or the
+# package lists change. Prints one line: "skipped: ..." or what it built
+# (dev-setup.sh collects it); with --dest it only prints the cache folder.
 set -euo pipefail
 
 CACHE="${CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/datacloud}"
-SELF="${BASH_SOURCE[0]}"
 SUITE=bookworm
 INCLUDE=openssh-server,iproute2,python3,kmod,procps,util-linux,sudo,ca-certificates,nftables
 POOL_PACKAGES=(containerd runc conntrack socat ethtool ebtables nftables iptables apt-transport-https gpg curl)
 
-key=$(sha256sum "$SELF" | cut -c1-12)
+key=$(printf '%s|%s|%s|v1' "$SUITE" "$INCLUDE" "${POOL_PACKAGES[*]}" | sha256sum | cut -c1-12)
 dest="$CACHE/lab/$SUITE-$key"
+if [ "${1:-}" = "--dest" ]; then
+  echo "$dest"
+  exit 0
+fi
 if [ -f "$dest/.done" ]; then
   echo "skipped: lab root filesystem $SUITE ($dest)"
   exit 0
@@ -44,8 +48,7 @@ ls "$tmp"/pool/containerd_*.deb >/dev/null || { echo "containerd was not downloa
 touch "$tmp/.done"
 rm -rf "$dest"
 mv "$tmp" "$dest"
-for old in "$CACHE/lab/$SUITE"-*; do   # builds of older versions of this file
-  case "$old" in "$dest"|*.tmp.*) ;; *) rm -rf "$old" ;; esac
-done
+# builds for other package lists, unused for a day (another checkout may still use its own)
+find "$CACHE/lab" -mindepth 1 -maxdepth 1 -name "$SUITE-*" ! -name '*.tmp.*' ! -path "$dest" -mmin +1440 -exec rm -rf {} +
 trap - EXIT
 echo "lab root filesystem $SUITE and package pool ($dest)"
