@@ -167,7 +167,7 @@ def stage_group(stage: str) -> TaskGroup | None:
         for i, step in enumerate(steps):
             outlets = [asset(stage)] if i == len(steps) - 1 else []
             if step.nodes is not None:
-                nodes = task(task_id=f"{step.name}_nodes", trigger_rule="none_failed", retries=0)(_node_list)(stage, step.name)
+                nodes = task(task_id=f"{step.name}_nodes", trigger_rule="none_failed")(_node_list)(stage, step.name)
                 if tasks:
                     tasks[-1] >> nodes
                 mapped = (
