@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from datacloud.errors import UserError
+from datacloud.images import ImageVersionError, check_versions
 from datacloud.inventory import KUBEADM_MIN_CPU, KUBEADM_MIN_MEMORY_GB, Inventory, Node
 from datacloud.stages._common import StageContext, Step, all_nodes, outcome
 
@@ -132,6 +133,10 @@ def check(ctx: StageContext, gathered: list[dict]) -> dict:
     facts = {g["node"]: g["facts"] for g in gathered if g}
     log.info("preflight | Facts |\n%s", table(ctx.inv, facts))
     found = problems(ctx.inv, facts)
+    try:  # the notebook image must run the same Spark and Python as the executors
+        check_versions()
+    except ImageVersionError as exc:
+        found.append(str(exc))
     for p in found:
         log.error("preflight | Problem | %s", p)
     if found:
