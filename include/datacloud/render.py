@@ -97,3 +97,24 @@ def render_all(inv: Inventory, out: Path) -> dict[str, Rendered]:
             )
     (out / "charts.yaml").write_text(yaml.safe_dump({"releases": charts}, sort_keys=False))
     return results
+
+
+def namespace_policies(
+    inv: Inventory,
+    namespace: str,
+    *,
+    peers_cluster_wide: bool = False,
+    client_port: int | None = None,
+    client_namespaces: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
+    """Default-deny NetworkPolicies for a namespace we create, with the explicit allows it needs."""
+    return render_template(
+        "common/namespace-policies.yaml.j2",
+        namespace=namespace,
+        pod_cidr=str(inv.cluster.pod_cidr),
+        service_cidr=str(inv.cluster.service_cidr),
+        node_subnet=str(inv.network.subnet),
+        peers_cluster_wide=peers_cluster_wide,
+        client_port=client_port,
+        client_namespaces=list(client_namespaces),
+    )

@@ -328,6 +328,7 @@ def _remote_env(lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) 
 
 def test_changed_host_key_fails_hard_naming_the_node(lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     import paramiko
+
     from datacloud.errors import UserError, fail_fast
     from datacloud.remote import HostKeyMismatchError, HostKeyStore, fingerprint
     from datacloud.stages._common import run_step
@@ -358,6 +359,7 @@ def test_unreachable_node_fails_preflight_with_one_sentence(
     lab: Lab, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import yaml
+
     from datacloud.remote import UnreachableError
     from datacloud.stages._common import run_step
 
@@ -383,8 +385,8 @@ def test_hostile_params_are_rejected(lab: Lab) -> None:
     import copy
 
     from airflow.sdk.exceptions import ParamValidationError
-    from datacloud.stages._common import ParamsError, RunParams
 
+    from datacloud.stages._common import ParamsError, RunParams
     from tests.lab.run_dag import load_dag
 
     dag = load_dag("provision_platform")

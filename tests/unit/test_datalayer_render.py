@@ -357,7 +357,8 @@ def test_dev_render_writes_both_stages(tmp_path):
     assert {p.name for p in (tmp_path / "mongo").iterdir()} >= {"cluster.yaml", "values-psmdb-operator.yaml"}
     charts = yaml.safe_load((tmp_path / "charts.yaml").read_text())["releases"]
     assert {(c["stage"], c["chart"]) for c in charts} >= {("storage", "rook-ceph"), ("mongo", "psmdb-operator")}
-    assert len(results["mongo"].all_objects()) == 2
+    kinds = sorted(o["kind"] for o in results["mongo"].all_objects())
+    assert kinds == ["Namespace", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "PerconaServerMongoDB"]
 
 
 def test_local_path_helper_pod_and_config_are_valid():

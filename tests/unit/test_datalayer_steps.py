@@ -37,17 +37,20 @@ def test_storage_apply_order_then_unchanged():
         ("apply", "Namespace/rook-ceph"),
         ("helm", "rook-ceph", "v1.19.7"),
         ("rollout", "deployment", "rook-ceph-operator"),
+        ("apply", "NetworkPolicy/rook-ceph/default-deny"),
+        ("apply", "NetworkPolicy/rook-ceph/allow-same-namespace-dns-and-api"),
+        ("apply", "NetworkPolicy/rook-ceph/allow-inside-cluster"),
         ("apply", "CephCluster/rook-ceph/rook-ceph"),
         ("apply", "CephBlockPool/rook-ceph/replicapool"),
         ("apply", "CephFilesystem/rook-ceph/cephfs"),
         ("apply", "StorageClass/rook-ceph-block"),
         ("apply", "StorageClass/rook-cephfs"),
     ]
-    assert len(first["changes"]) == 7
+    assert len(first["changes"]) == 10
     assert first["backend"] == "rook-ceph"
     ctx.state.calls.clear()
     assert storage.step_apply(ctx)["changes"] == []
-    assert [c[0] for c in ctx.state.calls] == ["apply", "helm", "rollout", "apply", "apply", "apply", "apply", "apply"]
+    assert [c[0] for c in ctx.state.calls] == ["apply", "helm", "rollout"] + ["apply"] * 8
 
 
 def test_storage_dry_run_changes_nothing():

@@ -9,13 +9,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from datacloud import config
 from datacloud.errors import InventoryError, TransientError
 from datacloud.inventory import load_inventory, parse_inventory
 from datacloud.remote import Result, build_command, script_argv, script_text
 from datacloud.stages._common import ParamsError, RunParams
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 SCRIPTS = sorted(p for p in config.SCRIPTS_DIR.rglob("*.sh"))
 LAB_SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "lab").glob("*.sh"))
@@ -176,6 +177,7 @@ def test_package_repository_setting() -> None:
 
 def test_kubeadm_config_renders_the_inventory() -> None:
     import yaml
+
     from datacloud.stages.kubernetes import kubeadm_config
 
     inv = load_inventory(config.REPO_ROOT / "inventory.example.yaml")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from datacloud.config import MONGO_CONN_ID, MONGO_DATABASE
 from datacloud.errors import TransientError
 from datacloud.inventory import Inventory, MongoSettings
-from datacloud.render import Release, Rendered, render_template, versions
+from datacloud.render import Release, Rendered, namespace_policies, render_template, versions
 from datacloud.stages._common import Step, outcome
 from datacloud.stages.storage import apply_or_plan, k8s_resources, storage_classes, wait_until
 
@@ -143,6 +143,11 @@ def render(inv: Inventory) -> Rendered:
     return Rendered(
         objects={
             "namespace": render_template("mongo/namespace.yaml", **ctx),
+            # mongos/mongod answer Spark jobs, notebooks, the exporters and (through
+            # an SSH forward from the control plane) Airflow; nothing else.
+            "networkpolicies": namespace_policies(
+                inv, NAMESPACE, client_port=27017, client_namespaces=("spark-jobs", "jupyter", "monitoring")
+            ),
             "cluster": render_template("mongo/cluster.yaml", **ctx),
         },
         releases=[crds, operator],

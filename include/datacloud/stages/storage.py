@@ -24,7 +24,7 @@ import yaml
 from datacloud.errors import TransientError
 from datacloud.inventory import Inventory, Resources, StorageSettings
 from datacloud.kube import object_id
-from datacloud.render import Release, Rendered, render_template, versions
+from datacloud.render import Release, Rendered, namespace_policies, render_template, versions
 from datacloud.stages._common import Step, outcome
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,9 @@ def _ceph_objects(inv: Inventory) -> dict[str, list[dict[str, Any]]]:
     }
     return {
         "namespace": render_template("storage/namespace.yaml", **ctx),
+        # Ceph daemons and CSI plugins talk across nodes and host networking:
+        # anything inside the cluster, nothing from outside it.
+        "networkpolicies": namespace_policies(inv, ctx["namespace"], peers_cluster_wide=True),
         "ceph-cluster": render_template("storage/ceph-cluster.yaml", **ctx),
         "pools": render_template("storage/pools.yaml", **ctx),
         "storageclasses": render_template("storage/storageclasses.yaml", **ctx),
@@ -164,7 +167,10 @@ def _local_path_objects(inv: Inventory) -> dict[str, list[dict[str, Any]]]:
         "host_path": LOCAL_PATH_DIR,
         "res": {"local_path": k8s_resources(s.local_path), "helper": k8s_resources(helper)},
     }
-    return {"local-path": render_template("storage/local-path.yaml", **ctx)}
+    return {
+        "local-path": render_template("storage/local-path.yaml", **ctx),
+        "networkpolicies": namespace_policies(inv, LOCAL_PATH_NAMESPACE),
+    }
 
 
 def render(inv: Inventory) -> Rendered:
