@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
+# A task that runs a Spark application pushes its application id under this
+# XCom key; the plugin's "Spark History Server" task link reads it.
+SPARK_APP_XCOM_KEY = "spark_application_id"
+
 
 @dataclass(frozen=True)
 class Service:

@@ -1,0 +1,82 @@
+"""The Airflow plugin: navigation links follow the recorded platform state; Spark History task link."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from types import SimpleNamespace
+
+import pytest
+from datacloud import platform_state as ps
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATACLOUD_PLATFORM_STATE", str(tmp_path / "state.json"))
+    monkeypatch.syspath_prepend(str(ROOT / "plugins"))
+    sys.modules.pop("datacloud_plugin", None)
+    return importlib.import_module("datacloud_plugin")
+
+
+def test_is_a_valid_airflow_plugin(plugin):
+    from airflow.plugins_manager import is_valid_plugin
+
+    assert is_valid_plugin(plugin.DatacloudPlugin)
+    inst = plugin.DatacloudPlugin()
+    assert inst.name == "datacloud"
+    assert [m.__name__ for m in inst.macros] == ["spark_history_url", "service_url"]
+    assert [link.name for link in inst.global_operator_extra_links] == ["Spark History Server"]
+
+
+def test_nav_links_appear_once_stages_ran(plugin):
+    inst = plugin.DatacloudPlugin()
+    assert inst.external_views == []
+    ps.record_stage("jupyter", services={"jupyterhub": "http://192.168.1.1:30800"})
+    assert inst.external_views == [
+        {"name": "JupyterHub", "href": "http://192.168.1.1:30800", "category": "Platform", "destination": "nav"},
+    ]
+    ps.record_stage("monitoring", services={"grafana": "http://192.168.1.1:30300", "headlamp": "http://192.168.1.1:30400",
+                                            "prometheus": "http://192.168.1.1:30090"})
+    assert [v["name"] for v in inst.external_views] == ["Grafana", "JupyterHub", "Headlamp (Kubernetes)", "Prometheus"]
+    ps.forget(["monitoring"])
+    assert [v["name"] for v in inst.external_views] == ["JupyterHub"]
+
+
+def test_views_validate_against_airflow_response_model(plugin):
+    from airflow.api_fastapi.core_api.datamodels.plugins import ExternalViewResponse
+
+    ps.record_stage("spark", services={"spark_history": "http://10.0.0.1:18080"})
+    for view in plugin.DatacloudPlugin().external_views:
+        ExternalViewResponse.model_validate(view)
+
+
+def test_spark_history_url_and_macro(plugin):
+    assert plugin.spark_history_url("spark-123") is None  # not provisioned
+    ps.record_stage("spark", services={"spark_history": "http://10.0.0.1:18080/"})
+    assert plugin.spark_history_url("spark-0a1b") == "http://10.0.0.1:18080/history/spark-0a1b/jobs/"
+    assert plugin.spark_history_url("a/../b c") == "http://10.0.0.1:18080/history/a%2F..%2Fb%20c/jobs/"
+    assert plugin.spark_history_url(None) is None
+    assert plugin.service_url("spark_history") == "http://10.0.0.1:18080"
+
+
+def test_task_link_reads_the_application_id(plugin, monkeypatch):
+    ps.record_stage("spark", services={"spark_history": "http://10.0.0.1:18080"})
+    seen = {}
+
+    def fake_xcom(ti_key, key):
+        seen[key] = ti_key
+        return {"t1": "spark-abc"}.get(ti_key.task_id)
+
+    monkeypatch.setattr(plugin, "_xcom_value", fake_xcom)
+    link = plugin.SparkHistoryLink()
+    assert link.get_link(None, ti_key=SimpleNamespace(task_id="t1")) == "http://10.0.0.1:18080/history/spark-abc/jobs/"
+    assert link.get_link(None, ti_key=SimpleNamespace(task_id="t2")) == ""
+    assert list(seen) == [ps.SPARK_APP_XCOM_KEY]
+
+    def broken(ti_key, key):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(plugin, "_xcom_value", broken)
+    assert link.get_link(None, ti_key=SimpleNamespace(task_id="t1")) == ""
