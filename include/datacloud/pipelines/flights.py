@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,13 @@ def day_of(data_interval_start: datetime | None, data_interval_end: datetime | N
             f"the data interval {data_interval_start:%Y-%m-%d %H:%M} .. {data_interval_end:%Y-%m-%d %H:%M} is not one day; "
             "trigger with a logical date at midnight UTC."
         )
-    day = data_interval_start.date()
+    start = data_interval_start.astimezone(UTC) if data_interval_start.tzinfo else data_interval_start
+    if (start.hour, start.minute, start.second, start.microsecond) != (0, 0, 0, 0):
+        raise UserError(
+            f"the data interval starts at {start:%Y-%m-%d %H:%M} UTC, not at midnight; "
+            "trigger with a logical date at midnight UTC."
+        )
+    day = start.date()
     if not (FIRST_DAY <= day <= LAST_DAY):
         raise UserError(f"there is no flights data for {day}; the data covers {FIRST_DAY} .. {LAST_DAY}.")
     return day
