@@ -20,7 +20,7 @@ from typing import Any
 from datacloud.api import AirflowAPI
 from datacloud.errors import TransientError, UserError
 from datacloud.localstack import Stack
-from datacloud.pipelines.flights import DAG_ID, DELAY_STATS
+from datacloud.pipelines.flights import DAG_ID, DELAY_STATS, max_active_runs
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def run() -> int:
         raise UserError(f"{DAG_ID} does not import: {errors[0].get('stack_trace', '').strip().splitlines()[-1]}")
     api.unpause(DAG_ID)  # no scheduled runs follow: the DAG ends 2013-12-31 and catchup is off
     started = time.monotonic()
-    created = backfill(api, FIRST, LAST, stack=stack)
+    created = backfill(api, FIRST, LAST, max_active_runs=max_active_runs(), stack=stack)
     print(f"backfill {created['id']} of {DAG_ID}: {FIRST} .. {LAST} (reprocessing finished days)", flush=True)
     wait_backfill(api, created["id"], stack=stack)
     runs = _week_runs(api, FIRST, LAST)

@@ -210,10 +210,10 @@ def _local_operator_class():
         ui_color = "#fde9b8"
 
         def execute(self, context):
-            from datacloud.errors import fail_fast
+            from datacloud.pipelines.flights import task_errors
             from datacloud.pipelines.ingest import reachable
 
-            with fail_fast():
+            with task_errors():
                 day = _day(context)
                 mongo = _mongo_for_job()
                 try:
@@ -245,9 +245,9 @@ def _standalone_operator_class():
             super().__init__(**kwargs)
 
         def execute(self, context):
-            from datacloud.errors import fail_fast
+            from datacloud.pipelines.flights import task_errors
 
-            with fail_fast():
+            with task_errors():
                 day = _day(context)
                 mongo = _mongo_for_job()
                 try:
@@ -286,9 +286,9 @@ def _kubernetes_operator_class():
             super().__init__(**kwargs)
 
         def execute(self, context):
-            from datacloud.errors import fail_fast
+            from datacloud.pipelines.flights import task_errors
 
-            with fail_fast():
+            with task_errors():
                 day = _day(context)
                 ti = context["ti"]
                 name = application_name(ti.dag_id, context["run_id"], ti.try_number, day)

@@ -16,6 +16,7 @@ and is safe to re-run:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -258,21 +259,31 @@ def _context_day(context) -> date:
     return day_of(context["data_interval_start"], context["data_interval_end"])
 
 
+@contextlib.contextmanager
+def task_errors() -> Iterator[None]:
+    """User errors fail fast (no retries); transient ones are logged as one sentence and retried."""
+    from datacloud.errors import TransientError, fail_fast
+
+    try:
+        with fail_fast():
+            yield
+    except TransientError as exc:
+        log.error("%s", exc)
+        raise
+
+
 def task_land() -> dict[str, Any]:
     from airflow.sdk import get_current_context
-    from datacloud.errors import fail_fast
-
-    with fail_fast():
+    with task_errors():
         return land(_context_day(get_current_context()))
 
 
 def task_ingest() -> dict[str, Any]:
     from airflow.sdk import get_current_context
-    from datacloud.errors import fail_fast
     from datacloud.pipelines.ingest import connect
 
     context = get_current_context()
-    with fail_fast():
+    with task_errors():
         day = _context_day(context)
         mongo = connect()
         try:
@@ -283,12 +294,11 @@ def task_ingest() -> dict[str, Any]:
 
 def task_quality() -> dict[str, Any]:
     from airflow.sdk import get_current_context
-    from datacloud.errors import fail_fast
     from datacloud.pipelines import quality
     from datacloud.pipelines.ingest import connect
 
     context = get_current_context()
-    with fail_fast():
+    with task_errors():
         day = _context_day(context)
         threshold = float(context["params"].get("max_rejected_share", DEFAULT_MAX_REJECTED_SHARE))
         mongo = connect()

@@ -32,7 +32,11 @@ from datacloud.errors import TransientError, UserError
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1000
-SERVER_SELECTION_MS = int(os.environ.get("DATACLOUD_MONGO_TIMEOUT_MS", "10000"))
+
+
+def server_selection_ms() -> int:
+    """How long a client waits for a reachable server (``DATACLOUD_MONGO_TIMEOUT_MS``, default 10 s)."""
+    return int(os.environ.get("DATACLOUD_MONGO_TIMEOUT_MS", "10000"))
 
 
 class MongoUnreachable(TransientError):
@@ -70,7 +74,7 @@ def connect(uri: str | None = None, conn_id: str = config.MONGO_CONN_ID) -> Mong
         hook = _hook(conn_id)
         if hook is not None:
             # MongoHook passes its extras as MongoClient options; fail fast instead of the 30 s default.
-            hook.extras.setdefault("serverSelectionTimeoutMS", SERVER_SELECTION_MS)
+            hook.extras.setdefault("serverSelectionTimeoutMS", server_selection_ms())
             database = hook.connection.schema or config.MONGO_DATABASE
             return Mongo(hook.get_conn(), hook.uri, database)
         uri = os.environ.get("DATACLOUD_MONGO_URI")
@@ -80,7 +84,7 @@ def connect(uri: str | None = None, conn_id: str = config.MONGO_CONN_ID) -> Mong
                 "or set DATACLOUD_MONGO_URI (./dev env prints it)."
             )
     database = pymongo.uri_parser.parse_uri(uri).get("database") or config.MONGO_DATABASE
-    return Mongo(pymongo.MongoClient(uri, serverSelectionTimeoutMS=SERVER_SELECTION_MS), uri, database)
+    return Mongo(pymongo.MongoClient(uri, serverSelectionTimeoutMS=server_selection_ms()), uri, database)
 
 
 def _hook(conn_id: str):
