@@ -26,7 +26,6 @@ import pymongo
 import pytest
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
-
 from datacloud.config import REPO_ROOT
 from datacloud.pipelines import flights
 from datacloud.pipelines.ingest import MongoUnreachable, connect
@@ -268,4 +267,5 @@ def test_mongodb_down_is_one_retryable_sentence(tmp_path, monkeypatch):
     assert "s3cret" not in message
     assert "\n" not in message
     assert isinstance(caught.value, TransientError)  # the task's retries with backoff apply
-    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
