@@ -89,6 +89,42 @@ class Ssh(_Model):
         return _check(UNIX_USER, v, "a Unix user name")
 
 
+REPO_URL = re.compile(r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:[0-9]{1,5})?(/[A-Za-z0-9._~%/+-]*)?$")
+APT_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$|^\./$")
+
+
+class Packages(_Model):
+    """Where node_prep installs packages from.
+
+    Without ``repository`` the nodes use their own apt sources for containerd
+    and the pkgs.k8s.io repository of the pinned Kubernetes minor. With it,
+    every package comes from that one apt repository (a private mirror for a
+    network without internet): containerd, kubelet, kubeadm, kubectl and helm.
+    """
+
+    repository: str | None = None
+    suite: str = "./"
+    components: list[str] = Field(default_factory=list)
+    trusted: bool = False  # [trusted=yes]: an unsigned repository on your own network
+
+    @field_validator("repository")
+    @classmethod
+    def _repo(cls, v: str | None) -> str | None:
+        return None if v is None else _check(REPO_URL, v, "an http(s) URL like http://10.0.0.1:8000/debian")
+
+    @field_validator("suite")
+    @classmethod
+    def _suite(cls, v: str) -> str:
+        return _check(APT_WORD, v, "an apt suite like bookworm or ./ for a flat repository")
+
+    @field_validator("components")
+    @classmethod
+    def _components(cls, v: list[str]) -> list[str]:
+        for c in v:
+            _check(APT_WORD, c, "an apt component like main")
+        return v
+
+
 class Disk(_Model):
     device: str
     size_gb: int = Field(ge=1, le=1_000_000)
@@ -257,6 +293,7 @@ class Inventory(_Model):
     cluster: Cluster = Field(default_factory=Cluster)
     network: Network = Field(default_factory=Network)
     ssh: Ssh = Field(default_factory=Ssh)
+    packages: Packages = Field(default_factory=Packages)
     nodes: list[Node] = Field(min_length=1, max_length=100)
     components: Components = Field(default_factory=Components)
 

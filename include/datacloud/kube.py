@@ -1,0 +1,252 @@
+"""Apply and observe things on the cluster: kubectl and helm run on the control plane.
+
+Stages never talk to the Kubernetes API from the Airflow worker: the private
+network is reachable only over SSH, so ``Kube`` runs ``kubectl``/``helm`` on
+the control-plane node through :class:`datacloud.remote.Remote`, with the
+admin kubeconfig that ``kubeadm init`` wrote there (``/etc/kubernetes/admin.conf``).
+
+API for stages (``ctx.kube()`` gives one, see ``datacloud.stages``)::
+
+    kube.apply(objects)            # server-side apply; returns ApplyResult(changed, unchanged)
+    kube.helm_upgrade(release)     # helm upgrade --install, pinned version, values on stdin; idempotent
+    kube.wait("deployment", name, namespace=ns, condition="Available")
+    kube.rollout_status("daemonset", name, namespace=ns)
+    kube.get_json("nodes")         # parsed `kubectl get -o json`; None when it does not exist
+    kube.exists("namespace", "rook-ceph")
+    kube.kubectl("label", "node", name, "x=y")   # anything else, quoted word by word
+
+With ``dry_run=True`` nothing is changed: ``apply`` reports what differs
+(``kubectl diff``), ``helm_upgrade`` reports whether the release differs.
+Outputs that may contain secrets (``get_json``, helm values) are not logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from datacloud.errors import TransientError
+from datacloud.inventory import Inventory
+from datacloud.remote import CommandError, Remote, Result
+
+log = logging.getLogger(__name__)
+
+ADMIN_KUBECONFIG = "/etc/kubernetes/admin.conf"
+FIELD_MANAGER = "datacloud"
+
+
+@dataclass
+class ApplyResult:
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def any_changed(self) -> bool:
+        return bool(self.changed)
+
+
+def object_id(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{obj.get('kind', '?')}/{(ns + '/') if ns else ''}{meta.get('name', '?')}"
+
+
+class Kube:
+    """kubectl and helm on the control plane."""
+
+    def __init__(self, inv: Inventory, remote: Remote | None = None, *, dry_run: bool = False) -> None:
+        self.inv = inv
+        self.remote = remote or Remote(inv, inv.control_plane)
+        self.dry_run = dry_run
+
+    def close(self) -> None:
+        self.remote.close()
+
+    def __enter__(self) -> Kube:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- raw tools --
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True, quiet: bool = False, timeout: float | None = None
+    ) -> Result:
+        return self.remote.run(
+            ["kubectl", "--kubeconfig", ADMIN_KUBECONFIG, *args],
+            stdin=stdin,
+            check=check,
+            quiet=quiet,
+            what="kubectl",
+            timeout=timeout,
+        )
+
+    def helm(
+        self, *args: str, stdin: str | None = None, check: bool = True, quiet: bool = False, timeout: float | None = None
+    ) -> Result:
+        return self.remote.run(
+            ["helm", "--kubeconfig", ADMIN_KUBECONFIG, *args], stdin=stdin, check=check, quiet=quiet, what="helm", timeout=timeout
+        )
+
+    # -- observe --
+
+    def get_json(self, kind: str, name: str | None = None, *, namespace: str | None = None, selector: str | None = None) -> Any:
+        """``kubectl get -o json`` parsed; None when the named object does not exist."""
+        args = ["get", kind]
+        if name:
+            args.append(name)
+        if namespace:
+            args += ["--namespace", namespace]
+        if selector:
+            args += ["--selector", selector]
+        args += ["--output", "json"]
+        res = self.kubectl(*args, check=False, quiet=True)
+        if res.rc != 0:
+            if "NotFound" in res.stderr or "not found" in res.stderr:
+                return None
+            raise CommandError(self.remote.node.name, f"kubectl get {kind}", res)
+        return json.loads(res.stdout)
+
+    def exists(self, kind: str, name: str, *, namespace: str | None = None) -> bool:
+        return self.get_json(kind, name, namespace=namespace) is not None
+
+    # -- change --
+
+    def apply(self, objects: Sequence[dict[str, Any]]) -> ApplyResult:
+        """Server-side apply, object by object; unchanged objects are not touched.
+
+        ``kubectl diff --server-side`` tells whether an object differs (exit 0: no,
+        1: yes); only differing objects are applied, so a second run reports
+        everything unchanged and changes nothing.
+        """
+        result = ApplyResult(dry_run=self.dry_run)
+        for obj in objects:
+            oid = object_id(obj)
+            doc = json.dumps(obj)  # JSON is YAML; kubectl reads either
+            diff = self.kubectl(
+                "diff",
+                "--server-side",
+                "--field-manager",
+                FIELD_MANAGER,
+                "--force-conflicts",
+                "-f",
+                "-",
+                stdin=doc,
+                check=False,
+                quiet=True,
+            )
+            if diff.rc == 0:
+                result.unchanged.append(oid)
+                continue
+            if diff.rc != 1:
+                raise CommandError(self.remote.node.name, f"kubectl diff {oid}", diff)
+            result.changed.append(oid)
+            if self.dry_run:
+                log.info("Kubernetes | Apply | would change %s", oid)
+                continue
+            self.kubectl("apply", "--server-side", "--field-manager", FIELD_MANAGER, "--force-conflicts", "-f", "-", stdin=doc)
+            log.info("Kubernetes | Apply | %s changed", oid)
+        if not result.changed:
+            log.info("Kubernetes | Apply | %d objects unchanged", len(result.unchanged))
+        return result
+
+    def helm_release(self, name: str, namespace: str) -> dict[str, Any] | None:
+        res = self.helm("list", "--namespace", namespace, "--filter", f"^{name}$", "--output", "json", quiet=True)
+        rows = json.loads(res.stdout or "[]")
+        return rows[0] if rows else None
+
+    def helm_upgrade(self, release, *, timeout_s: int = 900) -> bool:
+        """``helm upgrade --install`` with the pinned chart version; True when something changed.
+
+        Unchanged when the deployed release has the same chart version, status
+        ``deployed`` and exactly these values. Values travel on stdin (never logged).
+        """
+        current = self.helm_release(release.name, release.namespace)
+        want_values = json.loads(json.dumps(release.values))
+        if current is not None:
+            deployed_chart = current.get("chart", "")
+            same_chart = deployed_chart == f"{release.chart.rsplit('/', 1)[-1]}-{release.version}"
+            values = self.helm("get", "values", release.name, "--namespace", release.namespace, "--output", "json", quiet=True)
+            have_values = json.loads(values.stdout or "null") or {}
+            if same_chart and current.get("status") == "deployed" and have_values == want_values:
+                log.info("Helm | %s | unchanged (chart %s)", release.name, deployed_chart)
+                return False
+        if self.dry_run:
+            log.info("Helm | %s | would install or upgrade to %s %s", release.name, release.chart, release.version)
+            return True
+        if release.repo.startswith("oci://"):
+            chart_args = [f"{release.repo.rstrip('/')}/{release.chart}"]
+        else:
+            chart_args = [release.chart, "--repo", release.repo]
+        log.info("Helm | %s | upgrade --install %s %s in %s", release.name, release.chart, release.version, release.namespace)
+        res = self.helm(
+            "upgrade",
+            "--install",
+            release.name,
+            *chart_args,
+            "--version",
+            release.version,
+            "--namespace",
+            release.namespace,
+            "--create-namespace",
+            "--values",
+            "-",
+            "--wait",
+            "--timeout",
+            f"{timeout_s}s",
+            stdin=json.dumps(want_values),
+            check=False,
+            timeout=timeout_s + 60,
+        )
+        if res.rc != 0:
+            raise TransientError(
+                f"helm upgrade of {release.name} failed: {(res.stderr.strip().splitlines() or ['no output'])[-1]}"
+            )
+        return True
+
+    # -- wait --
+
+    def wait(
+        self,
+        kind: str,
+        name: str | None = None,
+        *,
+        namespace: str | None = None,
+        condition: str = "Ready",
+        selector: str | None = None,
+        all_: bool = False,
+        timeout_s: int = 300,
+    ) -> None:
+        """``kubectl wait --for=condition=...``; a timeout is transient (the task retries)."""
+        args = ["wait", kind]
+        if name:
+            args.append(name)
+        if all_:
+            args.append("--all")
+        if selector:
+            args += ["--selector", selector]
+        if namespace:
+            args += ["--namespace", namespace]
+        args += [f"--for=condition={condition}", f"--timeout={timeout_s}s"]
+        res = self.kubectl(*args, check=False, timeout=timeout_s + 60)
+        if res.rc != 0:
+            raise TransientError(f"{kind} {name or selector or 'all'} did not become {condition} within {timeout_s}s")
+
+    def rollout_status(self, kind: str, name: str, *, namespace: str, timeout_s: int = 300) -> None:
+        res = self.kubectl(
+            "rollout",
+            "status",
+            f"{kind}/{name}",
+            "--namespace",
+            namespace,
+            f"--timeout={timeout_s}s",
+            check=False,
+            timeout=timeout_s + 60,
+        )
+        if res.rc != 0:
+            raise TransientError(f"{kind}/{name} in {namespace} did not finish rolling out within {timeout_s}s")

@@ -1,0 +1,190 @@
+"""MongoDB side of the pipelines: the connection, and idempotent per-day writes.
+
+``connect()`` goes through the mongo provider's ``MongoHook`` on the
+``datacloud_mongo`` connection (locally ``AIRFLOW_CONN_DATACLOUD_MONGO``); outside
+Airflow, or when that connection is not defined, ``DATACLOUD_MONGO_URI`` is used.
+
+``sync_day()`` makes the documents of one day in a collection exactly a given
+set: it reads what is there (one query on the day), compares the BSON bytes,
+and sends only new or changed documents as unordered bulk ``ReplaceOne``
+upserts in batches, then deletes documents of that day that are no longer in
+the set. Because every ``_id`` is deterministic, a run killed mid-batch leaves
+a subset of the right documents and the next run completes it; a second run
+writes nothing and reports every document unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import bson
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+from datacloud import config
+from datacloud.errors import TransientError, UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 1000
+
+
+def server_selection_ms() -> int:
+    """How long a client waits for a reachable server (``DATACLOUD_MONGO_TIMEOUT_MS``, default 10 s)."""
+    return int(os.environ.get("DATACLOUD_MONGO_TIMEOUT_MS", "10000"))
+
+
+class MongoUnreachable(TransientError):
+    """MongoDB did not answer; retried by the task's policy."""
+
+
+def redact(uri: str) -> str:
+    """The URI without user and password (safe for logs and error messages)."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@dataclass
+class Mongo:
+    """A connected client, the URI it was built from, and the database to use."""
+
+    client: Any
+    uri: str
+    database: str
+
+    @property
+    def db(self):
+        return self.client[self.database]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def connect(uri: str | None = None, conn_id: str = config.MONGO_CONN_ID) -> Mongo:
+    """A MongoDB client: ``uri`` if given, else the Airflow connection, else ``DATACLOUD_MONGO_URI``."""
+    import pymongo
+
+    if uri is None:
+        hook = _hook(conn_id)
+        if hook is not None:
+            # MongoHook passes its extras as MongoClient options; fail fast instead of the 30 s default.
+            hook.extras.setdefault("serverSelectionTimeoutMS", server_selection_ms())
+            database = hook.connection.schema or config.MONGO_DATABASE
+            return Mongo(hook.get_conn(), hook.uri, database)
+        uri = os.environ.get("DATACLOUD_MONGO_URI")
+        if not uri:
+            raise UserError(
+                f"no MongoDB configured: define the Airflow connection {conn_id} "
+                "or set DATACLOUD_MONGO_URI (./dev env prints it)."
+            )
+    database = pymongo.uri_parser.parse_uri(uri).get("database") or config.MONGO_DATABASE
+    return Mongo(pymongo.MongoClient(uri, serverSelectionTimeoutMS=server_selection_ms()), uri, database)
+
+
+def _hook(conn_id: str):
+    try:
+        from airflow.providers.mongo.hooks.mongo import MongoHook
+    except ImportError:
+        return None
+    try:
+        return MongoHook(mongo_conn_id=conn_id)
+    except Exception as exc:
+        if "isn't defined" in str(exc) or "not found" in str(exc).lower() or type(exc).__name__ == "AirflowNotFoundException":
+            return None
+        raise
+
+
+@contextlib.contextmanager
+def reachable(uri: str) -> Iterator[None]:
+    """Turn pymongo's connection failures into one sentence naming the server."""
+    from pymongo.errors import ConnectionFailure
+
+    try:
+        yield
+    except ConnectionFailure as exc:
+        reason = str(exc).split(",")[0].split(" (configured timeouts")[0][:200]
+        raise MongoUnreachable(f"MongoDB at {redact(uri)} is unreachable ({reason}).") from None
+
+
+@dataclass
+class SyncCounts:
+    upserted: int = 0  # new or changed documents written
+    unchanged: int = 0  # already there with the same bytes
+    removed: int = 0  # documents of the day that are no longer in the set
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def sync_day(collection, day_filter: dict[str, Any], docs: list[dict[str, Any]], batch_size: int = DEFAULT_BATCH) -> SyncCounts:
+    """Make ``collection``'s documents matching ``day_filter`` exactly ``docs`` (each with an ``_id``).
+
+    Documents not there yet go as ``InsertOne`` and changed ones as
+    ``ReplaceOne(upsert=True)``, mixed in unordered bulk writes of
+    ``batch_size``. An insert that meets a duplicate key (someone wrote that
+    ``_id`` since we looked) is retried as an upsert, so the outcome is the same
+    as upserting everything -- without paying for an upsert per new document,
+    which FerretDB executes one by one (see docs/pipeline.md).
+    """
+    from pymongo import DeleteMany, InsertOne, ReplaceOne
+
+    raw = collection.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
+    existing = {d["_id"]: d.raw for d in raw.find(day_filter)}
+    counts = SyncCounts()
+    ops: list[tuple[Any, dict[str, Any]]] = []
+    for doc in docs:
+        old = existing.pop(doc["_id"], None)
+        if old is None:
+            ops.append((InsertOne(doc), doc))
+        elif old == bson.encode(doc):
+            counts.unchanged += 1
+        else:
+            ops.append((ReplaceOne({"_id": doc["_id"]}, doc, upsert=True), doc))
+    for n, batch in enumerate(_batches(ops, batch_size), 1):
+        _bulk(collection, batch, n)
+        counts.upserted += len(batch)
+        log.info("Ingest | %s batch %d: %d documents written", collection.name, n, len(batch))
+    if existing:
+        stale = sorted(existing)
+        for batch in _batches(stale, batch_size):
+            collection.bulk_write([DeleteMany({"_id": {"$in": batch}})], ordered=False)
+        counts.removed = len(stale)
+    return counts
+
+
+def _bulk(collection, batch: list[tuple[Any, dict[str, Any]]], n: int) -> None:
+    from pymongo import ReplaceOne
+    from pymongo.errors import BulkWriteError
+
+    try:
+        collection.bulk_write([op for op, _ in batch], ordered=False)
+        return
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors") or []
+    retry = [e for e in errors if e.get("code") == 11000]
+    others = [e for e in errors if e.get("code") != 11000]
+    if others:
+        raise TransientError(
+            f"{collection.name}: {len(others)} of {len(batch)} writes failed in batch {n}; first: {others[0].get('errmsg')}"
+        )
+    docs = [batch[e["index"]][1] for e in retry]
+    log.info("Ingest | %s batch %d: %d documents appeared meanwhile; upserting them", collection.name, n, len(docs))
+    collection.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False)
+
+
+def ensure_indexes(db, specs: dict[str, list[tuple[str, int]]]) -> None:
+    """Create the single-field indexes the per-day queries need (idempotent)."""
+    for collection, keys in specs.items():
+        for key in keys:
+            db[collection].create_index([key])

@@ -1,0 +1,71 @@
+"""teardown: remove the Kubernetes cluster from every node (platform_teardown's steps; not a provisioning stage).
+
+``confirm`` must equal the inventory's cluster name. Each node gets
+``kubeadm reset`` and loses the files datacloud wrote for Kubernetes;
+packages and node preparation stay. Then every node is checked clean and the
+connection ``datacloud_kube`` is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+from datacloud import config
+from datacloud.errors import TransientError, UserError
+from datacloud.inventory import Node
+from datacloud.stages._common import StageContext, Step, all_nodes, outcome
+
+log = logging.getLogger(__name__)
+
+_DELETE_CONNECTION = """
+import json, sys
+from airflow.models import Connection
+from airflow.utils.session import create_session
+conn_id = json.load(sys.stdin)
+with create_session() as session:
+    n = session.query(Connection).filter(Connection.conn_id == conn_id).delete()
+print(n)
+"""
+
+
+def confirm(ctx: StageContext) -> dict:
+    name = ctx.inv.cluster.name
+    if ctx.params.confirm != name:
+        raise UserError(f"Param confirm is {ctx.params.confirm!r}; type the cluster name {name!r} to tear the cluster down.")
+    log.info("teardown | Confirm | tearing down cluster %s on %d node(s)", name, len(ctx.inv.nodes))
+    return outcome("teardown", "confirm", [], ctx.dry_run, cluster=name)
+
+
+def reset(ctx: StageContext, node: Node) -> dict:
+    with ctx.remote(node) as r:
+        res = r.script("teardown.sh", env=ctx.env)
+    return outcome("teardown", node.name, res.changes, ctx.dry_run, node=node.name, left=res.facts.get("left", ""))
+
+
+def verify(ctx: StageContext, results: list[dict]) -> dict:
+    left = {r["node"]: r["left"] for r in results if r and r.get("left")}
+    if left and not ctx.dry_run:
+        raise TransientError("still present: " + "; ".join(f"{n}: {files}" for n, files in sorted(left.items())))
+    changes = []
+    if not ctx.dry_run:
+        proc = subprocess.run(
+            [sys.executable, "-c", _DELETE_CONNECTION],
+            input=json.dumps(config.KUBE_CONN_ID),
+            text=True,
+            capture_output=True,
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            raise TransientError(
+                f"removing the connection {config.KUBE_CONN_ID} failed: {(proc.stderr.strip().splitlines() or [''])[-1]}"
+            )
+        if proc.stdout.strip() not in ("", "0"):
+            changes.append(f"remove the Airflow connection {config.KUBE_CONN_ID}")
+    log.info("teardown | Verify | %d node(s) clean", len(ctx.inv.nodes))
+    return outcome("teardown", "verify", changes, ctx.dry_run)
+
+
+STEPS = [Step("confirm", confirm), Step("reset", reset, nodes=all_nodes), Step("verify", verify, previous=True)]

@@ -1,0 +1,47 @@
+"""verify: the cluster as the inventory describes it — node count and readiness, CoreDNS ready — with a summary table."""
+
+from __future__ import annotations
+
+import logging
+
+from datacloud.errors import TransientError
+from datacloud.stages._common import StageContext, Step, outcome
+
+log = logging.getLogger(__name__)
+
+
+def _ready(node: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in node.get("status", {}).get("conditions", []))
+
+
+def summary(ctx: StageContext) -> dict:
+    if ctx.dry_run:
+        log.info("verify | Summary | dry run: nothing was changed, nothing to verify")
+        return outcome("verify", "summary", [], True)
+    with ctx.kube() as kube:
+        nodes = {n["metadata"]["name"]: n for n in (kube.get_json("nodes") or {}).get("items", [])}
+        coredns = kube.get_json("deployment", "coredns", namespace="kube-system") or {}
+    rows = [f"{'node':<14} {'address':<15} {'roles':<24} {'kubelet':<10} ready", "-" * 72]
+    problems = []
+    for n in ctx.inv.nodes:
+        obj = nodes.get(n.name)
+        ok = obj is not None and _ready(obj)
+        version = (obj or {}).get("status", {}).get("nodeInfo", {}).get("kubeletVersion", "-")
+        rows.append(f"{n.name:<14} {n.address!s:<15} {','.join(n.roles):<24} {version:<10} {'yes' if ok else 'NO'}")
+        if obj is None:
+            problems.append(f"{n.name} is not a node of the cluster")
+        elif not ok:
+            problems.append(f"{n.name} is not Ready")
+    ready_dns = int(coredns.get("status", {}).get("readyReplicas") or 0)
+    rows.append(f"CoreDNS: {ready_dns}/{coredns.get('spec', {}).get('replicas', '?')} ready")
+    log.info("verify | Summary |\n%s", "\n".join(rows))
+    if ready_dns < 1:
+        problems.append("CoreDNS has no ready replica")
+    if len(nodes) != len(ctx.inv.nodes):
+        problems.append(f"the cluster has {len(nodes)} nodes, the inventory {len(ctx.inv.nodes)}")
+    if problems:
+        raise TransientError("; ".join(problems))
+    return outcome("verify", "summary", [], False, nodes=len(nodes), coredns_ready=ready_dns)
+
+
+STEPS = [Step("summary", summary)]

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# node_prep on one node: swap off, kernel modules, sysctl, package sources,
+# containerd (systemd cgroups, pinned sandbox image), kubelet/kubeadm/kubectl
+# at the pinned version and held. Observes first; changes only what differs.
+#
+# Environment (set by datacloud.stages.node_prep, every value quoted):
+#   DRY_RUN            1: report what would change, change nothing
+#   K8S_PKG_VERSION    e.g. 1.34.2-1.1
+#   SANDBOX_IMAGE      e.g. registry.k8s.io/pause:3.10.1
+#   APT_SOURCE         the complete apt source line of the package repository
+#   APT_KEY_URL        key of that repository (empty: none, or trusted)
+# shellcheck shell=bash
+# (lib.sh is prepended by datacloud.remote: log, fact, change, ensure_file, pkg_version)
+: "${K8S_PKG_VERSION:?}" "${SANDBOX_IMAGE:?}" "${APT_SOURCE:?}"
+APT_KEY_URL="${APT_KEY_URL:-}"
+KEYRING=/etc/apt/keyrings/datacloud-kubernetes.gpg
+
+# --- swap -------------------------------------------------------------------
+if [ "$(tail -n +2 /proc/swaps | wc -l)" -gt 0 ]; then
+  change "turn swap off (swapoff -a)" && swapoff -a
+fi
+if grep -Eq '^[^#[:space:]][^#]*[[:space:]]swap[[:space:]]' /etc/fstab; then
+  if change "comment out swap entries in /etc/fstab"; then
+    sed -E -i.datacloud-bak 's|^([^#[:space:]][^#]*[[:space:]]swap[[:space:]].*)$|# \1  # disabled by datacloud: kubelet needs swap off|' /etc/fstab
+  fi
+fi
+
+# --- kernel modules -----------------------------------------------------------
+ensure_file /etc/modules-load.d/datacloud-k8s.conf "$(printf 'overlay\nbr_netfilter')"
+module_loaded() {
+  case "$1" in
+    # built into the kernel, or loaded
+    br_netfilter) [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] ;;
+    *) [ -d "/sys/module/$1" ] || grep -q "^$1 " /proc/modules 2>/dev/null ;;
+  esac
+}
+for m in overlay br_netfilter; do
+  if ! module_loaded "$m"; then
+    change "load kernel module $m" && modprobe "$m"
+  fi
+done
+
+# --- sysctl ----------------------------------------------------------------------
+sysctls=(net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 net.ipv4.ip_forward=1)
+ensure_file /etc/sysctl.d/99-datacloud-k8s.conf "$(printf '%s\n' "${sysctls[@]}" | sed 's/=/ = /')"
+for kv in "${sysctls[@]}"; do
+  key="${kv%%=*}" want="${kv#*=}"
+  if [ "$(sysctl -n "$key" 2>/dev/null || echo missing)" != "$want" ]; then
+    change "set $key = $want now" && sysctl -q -w "$key=$want"
+  fi
+done
+
+# --- package sources ---------------------------------------------------------------
+need_update=0
+if [ -n "$APT_KEY_URL" ] && [ ! -s "$KEYRING" ]; then
+  if change "fetch the repository key into $KEYRING"; then
+    mkdir -p /etc/apt/keyrings
+    curl -fsSL --retry 3 "$APT_KEY_URL" | gpg --dearmor --batch --yes -o "$KEYRING"
+    chmod 0644 "$KEYRING"
+  fi
+fi
+before=$(cat /etc/apt/sources.list.d/datacloud.list 2>/dev/null || true)
+ensure_file /etc/apt/sources.list.d/datacloud.list "$APT_SOURCE"
+[ "$before" = "$APT_SOURCE" ] || need_update=1
+
+want_k8s=(kubelet kubeadm kubectl)
+missing=0
+[ -n "$(pkg_version containerd)" ] || missing=1
+for p in "${want_k8s[@]}"; do
+  [ "$(pkg_version "$p")" = "$K8S_PKG_VERSION" ] || missing=1
+done
+if [ "$missing" = 1 ] && [ "$DRY_RUN" != 1 ] && { [ "$need_update" = 1 ] || ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null; }; then
+  log "apt | update"
+  apt-get update -q -o Acquire::Retries=3 >/dev/null
+fi
+
+# --- containerd ---------------------------------------------------------------------
+if [ -z "$(pkg_version containerd)" ]; then
+  if change "install containerd"; then
+    apt-get install -y -q --no-install-recommends containerd >/dev/null
+  fi
+fi
+if command -v containerd >/dev/null; then
+  want_cfg=$(containerd config default \
+    | sed -E -e 's/^([[:space:]]*SystemdCgroup = ).*/\1true/' \
+             -e "s|^([[:space:]]*sandbox_image = ).*|\\1\"$SANDBOX_IMAGE\"|")
+  grep -q 'SystemdCgroup = true' <<<"$want_cfg" || die "containerd config default has no SystemdCgroup setting to turn on"
+  before=$(cat /etc/containerd/config.toml 2>/dev/null || true)
+  ensure_file /etc/containerd/config.toml "$want_cfg"
+  if [ "$before" != "$want_cfg" ] && [ "$DRY_RUN" != 1 ]; then
+    if [ -d /run/systemd/system ]; then
+      systemctl restart containerd
+      log "containerd | restarted with the new configuration"
+    else
+      log "containerd | no running systemd here: the new configuration applies when containerd next starts"
+    fi
+  fi
+else
+  log "containerd | not installed yet (dry run)"
+fi
+
+# --- kubelet, kubeadm, kubectl: pinned and held ---------------------------------------
+wrong=()
+for p in "${want_k8s[@]}"; do
+  [ "$(pkg_version "$p")" = "$K8S_PKG_VERSION" ] || wrong+=("$p=$K8S_PKG_VERSION")
+done
+if [ "${#wrong[@]}" -gt 0 ]; then
+  if change "install ${wrong[*]}"; then
+    apt-mark unhold "${want_k8s[@]}" >/dev/null 2>&1 || true
+    apt-get install -y -q --no-install-recommends --allow-downgrades --allow-change-held-packages "${wrong[@]}" >/dev/null
+  fi
+fi
+held=$(apt-mark showhold)
+for p in "${want_k8s[@]}"; do
+  if ! grep -qx "$p" <<<"$held" && [ -n "$(pkg_version "$p")" ]; then
+    change "hold $p at $K8S_PKG_VERSION" && apt-mark hold "$p" >/dev/null
+  fi
+done
+if [ -d /run/systemd/system ] && [ -n "$(pkg_version kubelet)" ] && ! systemctl is-enabled -q kubelet 2>/dev/null; then
+  change "enable the kubelet service" && systemctl enable kubelet
+fi
+
+for p in containerd kubelet kubeadm kubectl; do fact "$p" "$(pkg_version "$p")"; done

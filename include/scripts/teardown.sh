@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# platform_teardown on one node: kubeadm reset and the files datacloud wrote for
+# Kubernetes. Packages stay installed (and held); node_prep's settings stay.
+# Environment: DRY_RUN.
+# shellcheck shell=bash
+# (lib.sh is prepended by datacloud.remote)
+if [ -e /etc/kubernetes/kubelet.conf ] || [ -e /etc/kubernetes/admin.conf ] || [ -e /etc/kubernetes/manifests/kube-apiserver.yaml ]; then
+  if command -v kubeadm >/dev/null; then
+    change "kubeadm reset" && kubeadm reset -f
+  else
+    change "remove /etc/kubernetes (kubeadm is not installed)" && rm -rf /etc/kubernetes
+  fi
+fi
+for p in /etc/cni/net.d /var/lib/etcd /etc/datacloud/cluster-name /etc/datacloud/kubeadm-config.yaml /etc/datacloud/kubeadm-join.yaml; do
+  if [ -e "$p" ] && { [ -f "$p" ] || [ -n "$(ls -A "$p")" ]; }; then
+    change "remove $p" && rm -rf "$p"
+  fi
+done
+left=""
+for p in /etc/kubernetes/kubelet.conf /etc/kubernetes/admin.conf /etc/kubernetes/manifests/kube-apiserver.yaml /etc/datacloud/cluster-name; do
+  [ -e "$p" ] && left="$left $p"
+done
+fact left "${left# }"
