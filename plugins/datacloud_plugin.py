@@ -21,7 +21,6 @@ from urllib.parse import quote
 
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
-
 from datacloud import platform_state
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ class SparkHistoryLink(BaseOperatorLink):
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         try:
             app_id = _xcom_value(ti_key, platform_state.SPARK_APP_XCOM_KEY)
-        except Exception:  # noqa: BLE001 - a link must never break the task page
+        except Exception:
             log.exception("Spark History link | reading the application id of %s failed", ti_key)
             return ""
         return spark_history_url(app_id) or ""
