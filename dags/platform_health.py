@@ -36,8 +36,8 @@ from datacloud.dag_defaults import DEFAULT_ARGS, START
     doc_md=__doc__,
     params={
         "inventory": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Inventory file",
             description="The inventory of the provisioned cluster (for the cluster probes only). "
             "Empty: inventory.yaml in the project folder, else inventory.example.yaml.",

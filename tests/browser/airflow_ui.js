@@ -32,7 +32,10 @@ function step(msg) {
 async function signIn(page, s) {
   step(`sign in at ${s.base_url}`);
   await page.goto(`${s.base_url}/`);
-  await page.getByLabel('Username').fill(s.username);
+  const login = page.getByLabel('Username');
+  await login.or(page.getByRole('button', { name: 'Browse' })).first().waitFor();
+  if (!(await login.isVisible())) return; // this profile is signed in already
+  await login.fill(s.username);
   await page.getByLabel('Password').fill(s.password);
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.waitForURL((u) => !u.pathname.startsWith('/auth'), { timeout: 30000 });
@@ -127,9 +130,10 @@ async function main() {
     await page.screenshot({ path: shots[key], ...opts });
     result.screenshots.push(shots[key]);
   };
+  let page;
   try {
-    const page = await ctx.newPage();
-    page.setDefaultTimeout(30000);
+    page = await ctx.newPage();
+    page.setDefaultTimeout(60000);
     await signIn(page, s);
 
     if (s.nav) {
@@ -155,8 +159,15 @@ async function main() {
     await shoot(page, 'form');
 
     step('trigger');
+    const invalid = dialog.locator('[data-invalid], [aria-invalid="true"]');
+    if (await invalid.count()) {
+      const names = await invalid.evaluateAll((els) => els.map((e) => e.getAttribute('name') || e.id));
+      throw new Error(`the trigger form reports invalid fields: ${names.join(', ')}`);
+    }
+    const button = dialog.getByRole('button', { name: 'Trigger', exact: true });
+    if (await button.isDisabled()) throw new Error('the Trigger button is disabled: the form has an invalid or missing field');
     const posted = page.waitForResponse((r) => /\/dagRuns$/.test(new URL(r.url()).pathname) && r.request().method() === 'POST');
-    await dialog.getByRole('button', { name: 'Trigger', exact: true }).click();
+    await button.click();
     const resp = await posted;
     if (resp.status() >= 300) throw new Error(`trigger answered ${resp.status()}: ${await resp.text()}`);
     const run = await resp.json();
@@ -192,6 +203,12 @@ async function main() {
       result.log_found = want;
       await shoot(page, 'log');
     }
+  } catch (err) {
+    if (page && s.failure_screenshot) {
+      await page.screenshot({ path: s.failure_screenshot, fullPage: true }).catch(() => {});
+      step(`screenshot of the failure: ${s.failure_screenshot}`);
+    }
+    throw err;
   } finally {
     await ctx.close();
   }

@@ -48,7 +48,8 @@ def run_ui(browser_ready, tmp_path):
     """Run one scenario in a fresh browser profile; return the driver's JSON result."""
 
     def run(scenario: dict, timeout: float = 170) -> dict:
-        scenario = {"user_data_dir": str(tmp_path / "chromium-profile"), "timeout_s": 120, **scenario}
+        scenario = {"user_data_dir": str(tmp_path / "chromium-profile"), "timeout_s": 120,
+                    "failure_screenshot": str(tmp_path / "failure.png"), **scenario}
         IMG_DIR.mkdir(parents=True, exist_ok=True)
         path = tmp_path / "scenario.json"
         path.write_text(json.dumps(scenario))

@@ -35,15 +35,3 @@ def test_dead_services_fail_with_one_sentence_each(airflow_stack):
     assert f"the Spark master at spark://127.0.0.1:{dead_spark} does not accept connections (Connection refused)." in msg
     assert "hunter2secret" not in msg
 
-
-def test_platform_health_dag_runs_green_on_the_local_stack(airflow_stack, airflow_api):
-    airflow_api.wait_for_dag("platform_health")
-    dag = airflow_api._request("GET", "/api/v2/dags/platform_health")
-    assert dag["is_paused"] is True  # paused by default
-    airflow_api.unpause("platform_health")
-    try:
-        run = airflow_api.trigger("platform_health", conf={})
-        done = airflow_api.wait_run("platform_health", run["dag_run_id"], timeout=120)
-        assert done["state"] == "success"
-    finally:
-        airflow_api._request("PATCH", "/api/v2/dags/platform_health", {"is_paused": True})
