@@ -62,9 +62,24 @@ class Kube:
         self.inv = inv
         self.remote = remote or Remote(inv, inv.control_plane)
         self.dry_run = dry_run
+        self._available: bool | None = None
 
     def close(self) -> None:
         self.remote.close()
+
+    def available(self) -> bool:
+        """The control plane is initialised and kubectl and helm are installed there."""
+        if self._available is None:
+            probe = 'test -f "$1" && command -v kubectl >/dev/null && command -v helm >/dev/null'
+            self._available = self.remote.run(["sh", "-c", probe, "sh", ADMIN_KUBECONFIG], check=False).rc == 0
+        return self._available
+
+    def _nothing_yet(self, what: str) -> bool:
+        """In a dry run before the cluster exists, everything would be created."""
+        if self.dry_run and not self.available():
+            log.info("Kubernetes | Dry run | the cluster does not exist yet: would create %s", what)
+            return True
+        return False
 
     def __enter__(self) -> Kube:
         return self
@@ -125,6 +140,9 @@ class Kube:
         everything unchanged and changes nothing.
         """
         result = ApplyResult(dry_run=self.dry_run)
+        if self._nothing_yet(f"{len(objects)} object(s)"):
+            result.changed = [object_id(o) for o in objects]
+            return result
         for obj in objects:
             oid = object_id(obj)
             doc = json.dumps(obj)  # JSON is YAML; kubectl reads either
@@ -166,6 +184,8 @@ class Kube:
         Unchanged when the deployed release has the same chart version, status
         ``deployed`` and exactly these values. Values travel on stdin (never logged).
         """
+        if self._nothing_yet(f"the Helm release {release.name} ({release.chart} {release.version})"):
+            return True
         current = self.helm_release(release.name, release.namespace)
         want_values = json.loads(json.dumps(release.values))
         if current is not None:

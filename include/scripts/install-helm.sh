@@ -27,7 +27,7 @@ if [ "$(pkg_version helm)" != "$HELM_PKG_VERSION" ]; then
     apt-get install -y -q --no-install-recommends --allow-downgrades --allow-change-held-packages "helm=$HELM_PKG_VERSION" >/dev/null
   fi
 fi
-held=$(apt-mark showhold)
+held=$(held_packages)
 if [ -n "$(pkg_version helm)" ] && ! grep -qx helm <<<"$held"; then
   change "hold helm at $HELM_PKG_VERSION" && apt-mark hold helm >/dev/null
 fi

@@ -46,6 +46,11 @@ pkg_version() {
   dpkg-query -W -f='${Status} ${Version}\n' "$1" 2>/dev/null | sed -n 's/^[a-z]* ok installed //p'
 }
 
+# held_packages: names of held packages (read from dpkg: apt-mark would rebuild apt's cache).
+held_packages() {
+  dpkg-query -W -f='${db:Status-Want} ${Package}\n' 2>/dev/null | awk '$1 == "hold" {print $2}'
+}
+
 # user_error MESSAGE: a problem the administrator fixes (exit 3: no retries).
 user_error() { printf '%s\n' "$*" >&2; exit 3; }
 

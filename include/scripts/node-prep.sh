@@ -51,6 +51,10 @@ for kv in "${sysctls[@]}"; do
 done
 
 # --- package sources ---------------------------------------------------------------
+# a dpkg run interrupted earlier (lost connection, reboot) must finish first
+if [ -n "$(ls -A /var/lib/dpkg/updates 2>/dev/null)" ]; then
+  change "finish an interrupted dpkg run (dpkg --configure -a)" && dpkg --configure -a
+fi
 need_update=0
 if [ -n "$APT_KEY_URL" ] && [ ! -s "$KEYRING" ]; then
   if change "fetch the repository key into $KEYRING"; then
@@ -74,12 +78,32 @@ if [ "$missing" = 1 ] && [ "$DRY_RUN" != 1 ] && { [ "$need_update" = 1 ] || ! co
   apt-get update -q -o Acquire::Retries=3 >/dev/null
 fi
 
-# --- containerd ---------------------------------------------------------------------
+# --- packages: containerd, and kubelet/kubeadm/kubectl pinned — one apt transaction ---
+install=()
 if [ -z "$(pkg_version containerd)" ]; then
-  if change "install containerd"; then
-    apt-get install -y -q --no-install-recommends containerd >/dev/null
-  fi
+  change "install containerd" && install+=(containerd)
 fi
+wrong=()
+for p in "${want_k8s[@]}"; do
+  [ "$(pkg_version "$p")" = "$K8S_PKG_VERSION" ] || wrong+=("$p=$K8S_PKG_VERSION")
+done
+if [ "${#wrong[@]}" -gt 0 ] && change "install ${wrong[*]}"; then
+  install+=("${wrong[@]}")
+  apt-mark unhold "${want_k8s[@]}" >/dev/null 2>&1 || true
+fi
+if [ "${#install[@]}" -gt 0 ]; then
+  apt-get install -y -q --no-install-recommends --allow-downgrades --allow-change-held-packages "${install[@]}" >/dev/null
+fi
+held=$(held_packages)
+hold=()
+for p in "${want_k8s[@]}"; do
+  if ! grep -qx "$p" <<<"$held" && [ -n "$(pkg_version "$p")" ]; then
+    change "hold $p at $K8S_PKG_VERSION" && hold+=("$p")
+  fi
+done
+[ "${#hold[@]}" -eq 0 ] || apt-mark hold "${hold[@]}" >/dev/null
+
+# --- containerd configuration: systemd cgroups, pinned sandbox image -------------------
 if command -v containerd >/dev/null; then
   want_cfg=$(containerd config default \
     | sed -E -e 's/^([[:space:]]*SystemdCgroup = ).*/\1true/' \
@@ -98,24 +122,6 @@ if command -v containerd >/dev/null; then
 else
   log "containerd | not installed yet (dry run)"
 fi
-
-# --- kubelet, kubeadm, kubectl: pinned and held ---------------------------------------
-wrong=()
-for p in "${want_k8s[@]}"; do
-  [ "$(pkg_version "$p")" = "$K8S_PKG_VERSION" ] || wrong+=("$p=$K8S_PKG_VERSION")
-done
-if [ "${#wrong[@]}" -gt 0 ]; then
-  if change "install ${wrong[*]}"; then
-    apt-mark unhold "${want_k8s[@]}" >/dev/null 2>&1 || true
-    apt-get install -y -q --no-install-recommends --allow-downgrades --allow-change-held-packages "${wrong[@]}" >/dev/null
-  fi
-fi
-held=$(apt-mark showhold)
-for p in "${want_k8s[@]}"; do
-  if ! grep -qx "$p" <<<"$held" && [ -n "$(pkg_version "$p")" ]; then
-    change "hold $p at $K8S_PKG_VERSION" && apt-mark hold "$p" >/dev/null
-  fi
-done
 if [ -d /run/systemd/system ] && [ -n "$(pkg_version kubelet)" ] && ! systemctl is-enabled -q kubelet 2>/dev/null; then
   change "enable the kubelet service" && systemctl enable kubelet
 fi

@@ -97,6 +97,8 @@ def test_each_target_builds_its_operator(monkeypatch, kind):
         "kubernetes": "FlightsSparkKubernetesOperator",
     }[kind]
     assert type(op).__name__ == expected
+    if kind == "local":
+        assert op.max_active_tis_per_dag == 1  # one JVM at a time on a small machine
     if kind == "kubernetes":
         assert (op.get_logs, op.delete_on_termination, op.random_name_suffix) == (True, True, False)
         assert op.namespace == "spark-jobs"

@@ -207,8 +207,8 @@ def ingest(day: date, run_id: str, mongo: Mongo, root: Path | None = None, batch
     read = len(good) + len(rejected)
     with reachable(mongo.uri):
         ensure_indexes(mongo.db, INDEXES)
-        flights = sync_day(mongo.db[FLIGHTS], {"date": day.isoformat()}, good, batch_size)
-        quarantine = sync_day(mongo.db[REJECTED], {"date": day.isoformat()}, rejected, batch_size)
+        flights = sync_day(mongo.db[FLIGHTS], day.isoformat(), good, batch_size)
+        quarantine = sync_day(mongo.db[REJECTED], day.isoformat(), rejected, batch_size)
     counts = {
         "date": day.isoformat(),
         "landed": manifest["files"]["flights.jsonl"]["lines"],

@@ -5,17 +5,17 @@
 Airflow, or when that connection is not defined, ``DATACLOUD_MONGO_URI`` is used.
 
 ``sync_day()`` makes the documents of one day in a collection exactly a given
-set: it reads what is there (one query on the day), compares the BSON bytes,
-and sends only new or changed documents as unordered bulk ``ReplaceOne``
-upserts in batches, then deletes documents of that day that are no longer in
-the set. Because every ``_id`` is deterministic, a run killed mid-batch leaves
-a subset of the right documents and the next run completes it; a second run
-writes nothing and reports every document unchanged.
+set, writing only new or changed documents in unordered bulk writes of a batch
+size, and deleting the day's documents that are gone. Because every ``_id`` is
+deterministic, a run killed mid-batch leaves a subset of the right documents
+and the next run completes it; a second run writes nothing and reports every
+document unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import urllib.parse
@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import bson
-from bson.codec_options import CodecOptions
-from bson.raw_bson import RawBSONDocument
 from datacloud import config
 from datacloud.errors import TransientError, UserError
 
@@ -127,27 +125,45 @@ def _batches(items: list, size: int) -> Iterable[list]:
         yield items[i : i + size]
 
 
-def sync_day(collection, day_filter: dict[str, Any], docs: list[dict[str, Any]], batch_size: int = DEFAULT_BATCH) -> SyncCounts:
-    """Make ``collection``'s documents matching ``day_filter`` exactly ``docs`` (each with an ``_id``).
+STATE = "ingest_state"  # one document per (collection, day): the ids and content hashes written
 
-    Documents not there yet go as ``InsertOne`` and changed ones as
+
+def _digest(doc: dict[str, Any]) -> str:
+    return hashlib.sha256(bson.encode(doc)).hexdigest()[:32]
+
+
+def sync_day(collection, day: str, docs: list[dict[str, Any]], batch_size: int = DEFAULT_BATCH) -> SyncCounts:
+    """Make ``collection``'s documents of ``day`` exactly ``docs`` (each with a deterministic ``_id``).
+
+    What the last complete run wrote for the day is recorded in ``ingest_state``
+    (``_id`` ``<collection>/<day>``: the ids and a hash of each document's BSON).
+    Against it, documents not written yet go as ``InsertOne`` and changed ones as
     ``ReplaceOne(upsert=True)``, mixed in unordered bulk writes of
-    ``batch_size``. An insert that meets a duplicate key (someone wrote that
-    ``_id`` since we looked) is retried as an upsert, so the outcome is the same
-    as upserting everything -- without paying for an upsert per new document,
-    which FerretDB executes one by one (see docs/pipeline.md).
+    ``batch_size``; ids of the day that are gone are deleted; the state is
+    replaced last. An insert that meets a duplicate key (a run killed before it
+    recorded its state, or a concurrent writer) is retried as an upsert, so the
+    outcome equals upserting everything. Reading one state document instead of
+    the day's documents matters on FerretDB, which scans a whole collection for
+    any filter, and its upserts are slow (see docs/pipeline.md).
     """
     from pymongo import DeleteMany, InsertOne, ReplaceOne
 
-    raw = collection.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
-    existing = {d["_id"]: d.raw for d in raw.find(day_filter)}
+    state_id = f"{collection.name}/{day}"
+    states = collection.database[STATE]
+    prior = states.find_one({"_id": state_id}) or {}
+    known = dict(zip(prior.get("ids", []), prior.get("digests", []), strict=True))
     counts = SyncCounts()
     ops: list[tuple[Any, dict[str, Any]]] = []
+    ids: list[str] = []
+    digests: list[str] = []
     for doc in docs:
-        old = existing.pop(doc["_id"], None)
+        digest = _digest(doc)
+        ids.append(doc["_id"])
+        digests.append(digest)
+        old = known.pop(doc["_id"], None)
         if old is None:
             ops.append((InsertOne(doc), doc))
-        elif old == bson.encode(doc):
+        elif old == digest:
             counts.unchanged += 1
         else:
             ops.append((ReplaceOne({"_id": doc["_id"]}, doc, upsert=True), doc))
@@ -155,11 +171,15 @@ def sync_day(collection, day_filter: dict[str, Any], docs: list[dict[str, Any]],
         _bulk(collection, batch, n)
         counts.upserted += len(batch)
         log.info("Ingest | %s batch %d: %d documents written", collection.name, n, len(batch))
-    if existing:
-        stale = sorted(existing)
+    if known:
+        stale = sorted(known)
         for batch in _batches(stale, batch_size):
             collection.bulk_write([DeleteMany({"_id": {"$in": batch}})], ordered=False)
         counts.removed = len(stale)
+    # Two parallel arrays: FerretDB stores no nested arrays.
+    state = {"_id": state_id, "collection": collection.name, "date": day, "count": len(ids), "ids": ids, "digests": digests}
+    if prior != state:
+        states.replace_one({"_id": state_id}, state, upsert=True)
     return counts
 
 
@@ -176,7 +196,8 @@ def _bulk(collection, batch: list[tuple[Any, dict[str, Any]]], n: int) -> None:
     others = [e for e in errors if e.get("code") != 11000]
     if others:
         raise TransientError(
-            f"{collection.name}: {len(others)} of {len(batch)} writes failed in batch {n}; first: {others[0].get('errmsg')}"
+            f"{collection.name}: {len(others)} of {len(batch)} writes failed in batch {n}; "
+            f"first: {str(others[0].get('errmsg'))[:300]}"
         )
     docs = [batch[e["index"]][1] for e in retry]
     log.info("Ingest | %s batch %d: %d documents appeared meanwhile; upserting them", collection.name, n, len(docs))

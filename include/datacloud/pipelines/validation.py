@@ -25,6 +25,7 @@ Rules (each verified against all 336,776 departures of 2013, which pass):
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -196,7 +197,7 @@ def validate_flight(record: Any, day: date, carriers: frozenset[str] | set[str])
     hour, minute = divmod(v["sched_dep_time"], 100)
     if v.get("hour", hour) != hour or v.get("minute", minute) != minute:
         reasons.append(f"hour/minute {v.get('hour')}:{v.get('minute')} do not match sched_dep_time {v['sched_dep_time']:04d}")
-    expected = datetime(day.year, day.month, day.day, hour, tzinfo=ORIGIN_TZ).astimezone(UTC)
+    expected = _scheduled_hour_utc(day, hour)
     time_hour = _parse_utc(v["time_hour"])
     if time_hour is None:
         reasons.append(f"time_hour must be an ISO time in UTC like 2013-01-01T10:00:00Z (got {_show(v['time_hour'])})")
@@ -220,6 +221,12 @@ def validate_flight(record: Any, day: date, carriers: frozenset[str] | set[str])
     return Checked(doc=doc)
 
 
+@functools.lru_cache(maxsize=4096)
+def _scheduled_hour_utc(day: date, hour: int) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, tzinfo=ORIGIN_TZ).astimezone(UTC)
+
+
+@functools.lru_cache(maxsize=4096)
 def _parse_utc(text: str) -> datetime | None:
     if not text.endswith("Z"):
         return None

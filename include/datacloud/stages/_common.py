@@ -13,7 +13,7 @@ from typing import Any
 
 from datacloud import config
 from datacloud.errors import UserError
-from datacloud.inventory import K8S_VERSION, Inventory, Node, load_inventory
+from datacloud.inventory import DNS1123_LABEL, K8S_VERSION, Inventory, Node, load_inventory
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,7 @@ class RunParams:
                 f"Param kubernetes_version {_short(version)} is not a version like 1.34.2; leave it empty for the inventory's."
             )
         confirm = params.get("confirm") or ""
-        if (
-            not isinstance(confirm, str)
-            or len(confirm) > 63
-            or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in confirm)
-        ):
+        if not isinstance(confirm, str) or (confirm and not DNS1123_LABEL.fullmatch(confirm)):
             raise ParamsError(f"Param confirm {_short(confirm)} is not a cluster name; type the cluster name exactly.")
         return cls(inventory=inventory, stages=tuple(stages), dry_run=dry_run, kubernetes_version=version, confirm=confirm)
 

@@ -84,7 +84,8 @@ def problems(inv: Inventory, facts_by_node: dict[str, dict[str, Any]]) -> list[s
         hostname = f.get("hostname", "")
         if hostname in hostnames:
             out.append(
-                f"{who}: hostname {hostname!r} is also the hostname of {hostnames[hostname]}; give every machine its own hostname."
+                f"{who}: hostname {hostname!r} is also the hostname of {hostnames[hostname]}; "
+                "give every machine its own hostname."
             )
         hostnames.setdefault(hostname, node.name)
         offset = f.get("clock_offset_s")

@@ -1,0 +1,457 @@
+"""provision_platform and platform_teardown for real against a 3-node SSH lab.
+
+The DAGs run with ``dag.test()`` in a child process (tests/lab/run_dag.py) with
+their own AIRFLOW_HOME; the nodes are real sshd's in network namespaces with
+overlay root filesystems; kubeadm/kubectl/helm on them are the recording
+doubles of tests/lab/doubles. Tests in this module run in order on one lab:
+dry run → full run → second run → failures → teardown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.lab.lab import Lab
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the SSH lab needs root (network namespaces, mounts)")
+
+# Files an SSH login itself writes (sshd's login records, sudo's timestamps).
+VOLATILE = re.compile(r"^(var/log/|var/lib/sudo/|home/datacloud/\.cache/|root/\.cache/|var/cache/debconf/.*-old$)")
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    """Own folder (pytest's numbered temp folders may be pruned by concurrent sessions)."""
+    path = Path(tempfile.mkdtemp(prefix="datacloud-lab-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab(workdir: Path):
+    lab = Lab(3, workdir / "lab")
+    lab.up()
+    yield lab
+    lab.down()
+    assert lab.leftovers() == []
+
+
+@pytest.fixture(scope="module")
+def env(lab: Lab, workdir: Path) -> dict[str, str]:
+    home = workdir / "airflow"
+    home.mkdir()
+    dags = home / "dags"  # only the DAGs under test: dag.test() parses the whole folder
+    dags.mkdir()
+    for name in ("provision_platform.py", "platform_teardown.py"):
+        (dags / name).symlink_to(ROOT / "dags" / name)
+    e = {
+        **os.environ,
+        **lab.env(),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'include'}",
+    }
+    e.pop("AIRFLOW_CONN_DATACLOUD_KUBE", None)
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=e, check=True, capture_output=True)
+    return e
+
+
+def run_dag(env: dict[str, str], dag_id: str, conf: dict) -> tuple[dict, str]:
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "run_dag.py"), dag_id, json.dumps(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    out = proc.stdout + proc.stderr
+    logs = Path(env["AIRFLOW_HOME"]) / "runs"
+    logs.mkdir(exist_ok=True)
+    (logs / f"{time.time():.0f}-{dag_id}.log").write_text(out)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, f"run_dag.py printed no result:\n{out[-3000:]}"
+    return json.loads(lines[-1][len("RESULT ") :]), out
+
+
+def tis(result: dict, task_id: str) -> dict[str, dict]:
+    """Task instances of task_id by node name (mapped) or '' (unmapped)."""
+    return {(t["rendered_map_index"] or ""): t for t in result["tis"] if t["task_id"] == task_id}
+
+
+def snapshot(lab: Lab) -> dict[str, dict[str, str]]:
+    """What each node changed in its root filesystem (its overlay upper directory)."""
+    snap: dict[str, dict[str, str]] = {}
+    for node in lab.nodes:
+        files = {}
+        for p in sorted(node.upper.rglob("*")):
+            rel = str(p.relative_to(node.upper))
+            if VOLATILE.match(rel) or (p.is_dir() and not p.is_symlink()):
+                continue
+            if p.is_symlink():
+                files[rel] = "-> " + os.readlink(p)
+            elif p.is_file():
+                files[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                files[rel] = "special"
+        snap[node.name] = files
+    return snap
+
+
+def changed_files(before: dict, after: dict) -> dict[str, list[str]]:
+    out = {}
+    for node in before:
+        a, b = before[node], after[node]
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if diff:
+            out[node] = diff
+    return out
+
+
+def conf(lab: Lab, **kw) -> dict:
+    return {"inventory": str(lab.inventory_path), **kw}
+
+
+# --- 1. dry run ------------------------------------------------------------------
+
+
+def test_dry_run_changes_nothing(lab: Lab, env: dict[str, str]) -> None:
+    before = snapshot(lab)
+    result, out = run_dag(env, "provision_platform", conf(lab, dry_run=True))
+    assert result["state"] == "success", out[-4000:]
+    assert changed_files(before, snapshot(lab)) == {}  # nothing written inside any node
+    assert lab.calls() == []  # no kube tool was even installed, let alone called
+    assert "would install kubelet=1.34.2-1.1 kubeadm=1.34.2-1.1 kubectl=1.34.2-1.1" in out
+    assert "would comment out swap entries in /etc/fstab" in out
+    for node in lab.nodes:
+        assert not node.path("/etc/containerd/config.toml").exists()
+        assert "\n/swapfile" in node.path("/etc/fstab").read_text()
+
+
+# --- 2. full run -------------------------------------------------------------------
+
+
+def test_full_run_prepares_nodes_and_drives_the_tools(lab: Lab, env: dict[str, str]) -> None:
+    result, out = run_dag(env, "provision_platform", conf(lab))
+    assert result["state"] == "success", out[-4000:]
+    assert set(tis(result, "node_prep.prepare")) == {"n1", "n2", "n3"}  # one grid entry per node
+    assert set(tis(result, "kubernetes.join")) == {"n2", "n3"}
+
+    for node in lab.nodes:
+        fstab = node.path("/etc/fstab").read_text()
+        assert re.search(r"^# /swapfile\s+none\s+swap", fstab, re.M)
+        assert not re.search(r"^/swapfile", fstab, re.M)
+        assert node.path("/etc/modules-load.d/datacloud-k8s.conf").read_text() == "overlay\nbr_netfilter\n"
+        sysctl = node.path("/etc/sysctl.d/99-datacloud-k8s.conf").read_text()
+        assert "net.bridge.bridge-nf-call-iptables = 1" in sysctl
+        assert "net.ipv4.ip_forward = 1" in sysctl
+        containerd = node.path("/etc/containerd/config.toml").read_text()
+        assert re.search(r"^\s*SystemdCgroup = true$", containerd, re.M)
+        assert 'sandbox_image = "registry.k8s.io/pause:3.10.1"' in containerd
+        status = node.path("/var/lib/dpkg/status").read_text()
+        for pkg in ("kubelet", "kubeadm", "kubectl"):
+            assert re.search(rf"^Package: {pkg}\nStatus: hold ok installed\n(?:.+\n)*?Version: 1\.34\.2-1\.1$", status, re.M), pkg
+        assert node.path("/etc/datacloud/cluster-name").read_text().strip() == f"lab{lab.id}"
+        assert (
+            node.path("/etc/apt/sources.list.d/datacloud.list").read_text().strip()
+            == f"deb [trusted=yes] {lab.repository_url} ./"
+        )
+    # the gateway: NAT on n1, default route through n1 elsewhere
+    assert "masquerade" in lab.nodes[0].path("/etc/datacloud/gateway.nft").read_text()
+    assert lab.nodes[1].path("/etc/systemd/system/datacloud-route.service").exists()
+
+    calls = lab.calls()
+    assert {c["uid"] for c in calls} == {0}  # everything through sudo
+    kubeadm = [c for c in calls if c["tool"] == "kubeadm"]
+    assert kubeadm[0]["node"] == "n1"
+    assert kubeadm[0]["argv"] == [
+        "init",
+        "--config",
+        "/etc/datacloud/kubeadm-config.yaml",
+        "--skip-token-print",
+        "--skip-certificate-key-print",
+    ]
+    for worker in ("n2", "n3"):
+        token = next(
+            i
+            for i, c in enumerate(calls)
+            if c["tool"] == "kubeadm" and c["argv"][:2] == ["token", "create"] and f"datacloud join of {worker}" in c["argv"]
+        )
+        assert calls[token]["node"] == "n1"
+        assert calls[token]["argv"][2:4] == ["--ttl", "15m"]
+        join = next(i for i, c in enumerate(calls) if c["tool"] == "kubeadm" and c["argv"][0] == "join" and c["node"] == worker)
+        assert token < join
+        assert calls[join]["argv"] == [
+            "join",
+            "--config",
+            "/etc/datacloud/kubeadm-join.yaml",
+        ]  # the token is not on a command line
+        assert not lab.nodes[int(worker[1]) - 1].path("/etc/datacloud/kubeadm-join.yaml").exists()
+    helm = [i for i, c in enumerate(calls) if c["tool"] == "helm" and c["argv"][2:4] == ["upgrade", "--install"]]
+    assert len(helm) == 1
+    argv = calls[helm[0]]["argv"]
+    assert argv[4:6] == ["tigera-operator", "tigera-operator"]
+    assert argv[argv.index("--version") + 1] == "v3.31.2"
+    assert json.loads(calls[helm[0]]["stdin"])["installation"]["calicoNetwork"]["ipPools"][0]["cidr"] == "10.244.0.0/16"
+    last_join = max(i for i, c in enumerate(calls) if c["tool"] == "kubeadm" and c["argv"][0] == "join")
+    wait_nodes = next(i for i, c in enumerate(calls) if c["tool"] == "kubectl" and "wait" in c["argv"] and "node" in c["argv"])
+    assert last_join < helm[0] < wait_nodes
+
+    config = lab.cluster_state()["config"]
+    assert 'kubernetesVersion: "v1.34.2"' in config
+    assert f'advertiseAddress: "{lab.nodes[0].address}"' in config
+    assert 'podSubnet: "10.244.0.0/16"' in config
+    assert 'serviceSubnet: "10.96.0.0/12"' in config
+    assert "cgroupDriver: systemd" in config
+
+    # the admin kubeconfig is the connection datacloud_kube, and never printed
+    admin = lab.nodes[0].path("/etc/kubernetes/admin.conf").read_text()
+    key = re.search(r"client-key-data: (\S+)", admin).group(1)
+    assert key not in out
+    got = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "connections", "get", "datacloud_kube", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stored = json.loads(got.stdout)[0]
+    extra = stored.get("extra_dejson") or json.loads(stored.get("extra") or "{}")
+    assert stored["conn_type"] == "kubernetes"
+    assert extra["kube_config"] == admin
+    assert "verify | Summary" in out
+    assert "CoreDNS: 2/2 ready" in out
+
+
+# --- 3. second run, with a node's sshd killed in the middle of its task ----------------------
+
+
+def test_second_run_unchanged_everywhere_even_after_sshd_killed_mid_task(lab: Lab, env: dict[str, str]) -> None:
+    before, calls_before = snapshot(lab), len(lab.calls())
+    n2 = lab.nodes[1]
+    killed = threading.Event()
+
+    def killer() -> None:
+        """As soon as node_prep's script runs on n2, kill n2's sshd and all it started; restart it 1 s later."""
+        deadline = time.monotonic() + 240
+        ns = os.readlink(f"/proc/{n2.root_pid()}/ns/pid")
+        while time.monotonic() < deadline:
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    if (
+                        os.readlink(f"/proc/{pid}/ns/pid") != ns
+                        or b"node-prep.sh" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+                    ):
+                        continue
+                except OSError:
+                    continue
+                lab.stop_node(n2)
+                killed.set()
+                time.sleep(1)
+                lab.start_node(n2)
+                return
+            time.sleep(0.01)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    result, out = run_dag(env, "provision_platform", conf(lab))
+    t.join(timeout=30)
+    assert killed.is_set(), "node_prep never ran on n2"
+    assert result["state"] == "success", out[-4000:]
+    prep = tis(result, "node_prep.prepare")
+    assert prep["n2"]["try_number"] >= 2
+    assert prep["n1"]["try_number"] == 1
+    assert re.search(r"n2 \([0-9.]+\): SSH connection (lost|failed)", out)
+
+    assert changed_files(before, snapshot(lab)) == {}
+    changed = re.findall(r"^.*\| (?:changed|would change) \d+ thing.*$", out, re.M)
+    assert changed == []
+    for stage_step in (
+        "preflight | check",
+        "gateway | forward",
+        "gateway | n2",
+        "node_prep | n1",
+        "node_prep | n2",
+        "node_prep | n3",
+        "kubernetes | init",
+        "kubernetes | n2",
+        "kubernetes | n3",
+        "network | install",
+        "verify | summary",
+    ):
+        assert f"{stage_step} | unchanged" in out, stage_step
+    new = lab.calls()[calls_before:]
+    mutating = [
+        c
+        for c in new
+        if (c["tool"], c["argv"][0] if c["argv"] else "") in {("kubeadm", "init"), ("kubeadm", "join")}
+        or "upgrade" in c["argv"]
+        or "apply" in c["argv"]
+        or ("token" in c["argv"] and "create" in c["argv"])
+    ]
+    assert mutating == []
+
+
+# --- 4. failures that the administrator fixes: no retries, one sentence --------------------------
+
+
+def _remote_env(lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {**lab.env(), "AIRFLOW_HOME": env["AIRFLOW_HOME"]}.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_changed_host_key_fails_hard_naming_the_node(lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import paramiko
+    from datacloud.errors import UserError, fail_fast
+    from datacloud.remote import HostKeyMismatchError, HostKeyStore, fingerprint
+    from datacloud.stages._common import run_step
+
+    _remote_env(lab, env, monkeypatch)
+    n3 = lab.nodes[2]
+    store = HostKeyStore(lab.data_dir / "ssh" / "known_hosts")
+    recorded = fingerprint(store.get(n3.address, 22))
+    lab.new_host_key(n3)
+    offered = fingerprint(paramiko.Ed25519Key.from_private_key_file(str(n3.upper / "etc/ssh/ssh_host_ed25519_key")))
+    assert recorded != offered
+    with pytest.raises(HostKeyMismatchError) as err:
+        run_step("preflight", "gather", conf(lab), node="n3")
+    assert isinstance(err.value, UserError)  # tasks fail fast on it (fail_fast: no retries)
+    assert str(err.value).startswith(f"n3 ({n3.address}) offered host key {offered} but {recorded} was recorded in ")
+    from airflow.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException), fail_fast():
+        run_step("node_prep", "prepare", conf(lab), node="n3")
+    # the administrator's fix: forget the old key; preflight records the new one
+    text = store.path.read_text()
+    store.path.write_text("".join(ln + "\n" for ln in text.splitlines() if not ln.startswith(n3.address + " ")))
+    assert run_step("preflight", "gather", conf(lab), node="n3")["facts"]["hostname"] == "n3"
+    assert fingerprint(store.get(n3.address, 22)) == offered
+
+
+def test_unreachable_node_fails_preflight_with_one_sentence(
+    lab: Lab, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+    from datacloud.remote import UnreachableError
+    from datacloud.stages._common import run_step
+
+    _remote_env(lab, env, monkeypatch)
+    inv = lab.inventory()
+    inv["nodes"].append({"name": "n9", "address": f"10.77.{lab.id}.99", "roles": ["worker"], "cpu": 2, "memory_gb": 2})
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(inv))
+    with pytest.raises(UnreachableError) as err:
+        run_step("preflight", "gather", {"inventory": str(path)}, node="n9")
+    message = str(err.value)
+    assert re.fullmatch(rf"n9 \(10\.77\.{lab.id}\.99\) is unreachable over SSH on port 22 \([^)]*\); [^.]*\.", message), message
+    assert "\n" not in message
+
+
+def _validate(params, conf: dict) -> None:
+    params.update(conf)  # validates each value
+    params.validate()
+
+
+def test_hostile_params_are_rejected(lab: Lab) -> None:
+    """The Params form rejects them (Airflow validates before a run exists); the tasks check again."""
+    import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
+    from datacloud.stages._common import ParamsError, RunParams
+
+    from tests.lab.run_dag import load_dag
+
+    dag = load_dag("provision_platform")
+    hostile = [
+        {"inventory": "inventory.yaml; rm -rf /"},
+        {"inventory": "$(touch /tmp/pwned)"},
+        {"inventory": "`id`"},
+        {"inventory": "../../etc/passwd\n"},
+        {"kubernetes_version": "$(touch /tmp/pwned)"},
+        {"kubernetes_version": "1.34.2; reboot"},
+        {"stages": ["preflight`touch /tmp/pwned`"]},
+        {"stages": "preflight; rm -rf /"},
+        {"dry_run": "yes; rm -rf /"},
+    ]
+    for bad in hostile:
+        with pytest.raises(ParamValidationError):
+            _validate(copy.deepcopy(dag.params), bad)
+        with pytest.raises(ParamsError) as err:
+            RunParams.from_params(bad if "inventory" in bad else {"inventory": "inventory.yaml", **bad})
+        sentence = str(err.value)
+        assert sentence.endswith(".")
+        assert sentence.count(". ") == 0
+    assert not lab.nodes[0].path("/tmp/pwned").exists()
+
+
+def test_nothing_unquoted_reaches_the_node_shell(lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hostile words and environment values arrive byte for byte; none is interpreted."""
+    from datacloud.inventory import load_inventory
+    from datacloud.remote import Remote
+
+    _remote_env(lab, env, monkeypatch)
+    inv = load_inventory(lab.inventory_path)
+    hostile = [
+        "; touch /tmp/pwned1",
+        "$(touch /tmp/pwned2)",
+        "`touch /tmp/pwned3`",
+        "a\nb; touch /tmp/pwned4",
+        "'\"\\ $HOME *",
+        "",
+    ]
+    with Remote(inv, "n1") as r:
+        res = r.run(
+            ["python3", "-c", "import json, os, sys; print(json.dumps([sys.argv[1:], os.environ['HOSTILE']]))", *hostile],
+            env={"HOSTILE": hostile[1] + hostile[3]},
+        )
+    assert json.loads(res.stdout) == [hostile, hostile[1] + hostile[3]]
+    for i in range(1, 5):
+        assert not lab.nodes[0].path(f"/tmp/pwned{i}").exists()
+
+
+# --- 5. teardown -------------------------------------------------------------------------
+
+
+def test_teardown_needs_the_cluster_name_then_cleans_every_node(
+    lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datacloud.errors import UserError
+    from datacloud.stages._common import run_step
+
+    _remote_env(lab, env, monkeypatch)
+    with pytest.raises(UserError, match=f"type the cluster name 'lab{lab.id}'"):
+        run_step("teardown", "confirm", conf(lab, confirm="wrong-name"))
+    assert lab.nodes[1].path("/etc/kubernetes/kubelet.conf").exists()
+
+    result, out = run_dag(env, "platform_teardown", conf(lab, confirm=f"lab{lab.id}"))
+    assert result["state"] == "success", out[-4000:]
+    assert set(tis(result, "teardown.reset")) == {"n1", "n2", "n3"}
+    for node in lab.nodes:
+        assert not node.path("/etc/kubernetes/kubelet.conf").exists()
+        assert not node.path("/etc/datacloud/cluster-name").exists()
+        assert any(c["tool"] == "kubeadm" and c["argv"][:2] == ["reset", "-f"] and c["node"] == node.name for c in lab.calls())
+    got = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "connections", "get", "datacloud_kube", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert got.returncode != 0 or json.loads(got.stdout or "[]") == []
