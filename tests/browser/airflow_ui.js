@@ -5,7 +5,9 @@
 // Usage: node airflow_ui.js SCENARIO.json   (prints one JSON result line on stdout)
 //
 // The scenario (written by tests/browser/conftest.py):
-//   base_url, username, password, dag_id, user_data_dir, timeout_s,
+//   base_url, username, password, user_data_dir, timeout_s,
+//   dag_id (optional: without it only the nav part runs),
+//   logical_date: {date: "2013/01/02", time: "00:00"}  (UTC; optional)
 //   params:  [{name, kind: text|number|date|boolean|select|multiselect, value}]
 //   task:    {task_id, map_index (optional), log_contains: [..]}
 //   nav:     {menu, category, expect: [{name, href}], absent: [names]}  (plugin links)
@@ -150,58 +152,69 @@ async function main() {
       await page.keyboard.press('Escape');
     }
 
-    step(`open the trigger form of ${s.dag_id}`);
-    await page.goto(`${s.base_url}/dags/${s.dag_id}`);
-    await page.getByRole('button', { name: 'Trigger Dag' }).click();
-    const dialog = page.getByRole('dialog');
-    await dialog.getByText('Run Parameters').waitFor();
-    for (const p of s.params || []) await fillParam(page, p);
-    await shoot(page, 'form');
-
-    step('trigger');
-    const invalid = dialog.locator('[data-invalid], [aria-invalid="true"]');
-    if (await invalid.count()) {
-      const names = await invalid.evaluateAll((els) => els.map((e) => e.getAttribute('name') || e.id));
-      throw new Error(`the trigger form reports invalid fields: ${names.join(', ')}`);
-    }
-    const button = dialog.getByRole('button', { name: 'Trigger', exact: true });
-    if (await button.isDisabled()) throw new Error('the Trigger button is disabled: the form has an invalid or missing field');
-    const posted = page.waitForResponse((r) => /\/dagRuns$/.test(new URL(r.url()).pathname) && r.request().method() === 'POST');
-    await button.click();
-    const resp = await posted;
-    if (resp.status() >= 300) throw new Error(`trigger answered ${resp.status()}: ${await resp.text()}`);
-    const run = await resp.json();
-    result.run_id = run.dag_run_id;
-    result.conf = run.conf;
-    const runUrl = `${s.base_url}/dags/${s.dag_id}/runs/${encodeURIComponent(run.dag_run_id)}`;
-    await page.waitForURL((u) => u.pathname.includes('/runs/'), { timeout: 30000 });
-    result.state = await waitForRun(page, s, runUrl);
-    // the grid polls on its own; reload once so every cell shows its final state
-    await page.reload();
-    await page.getByTestId('header-card').getByTestId('state-badge').waitFor();
-    await page.waitForTimeout(1000);
-    await shoot(page, 'grid');
-
-    if (s.task) {
-      const t = s.task;
-      const mapped = t.map_index !== undefined && t.map_index !== null;
-      const taskUrl = `${runUrl}/tasks/${t.task_id}${mapped ? `/mapped/${t.map_index}` : ''}`;
-      step(`open the log of ${t.task_id}${mapped ? `[${t.map_index}]` : ''}`);
-      await page.goto(taskUrl);
-      const want = t.log_contains || [];
-      const deadline = Date.now() + 60000;
-      let text = '';
-      for (;;) {
-        text = await page.locator('body').innerText();
-        if (want.every((w) => text.includes(w))) break;
-        if (Date.now() > deadline) {
-          const missing = want.filter((w) => !text.includes(w));
-          throw new Error(`the log page of ${t.task_id} never showed ${JSON.stringify(missing)}`);
-        }
-        await page.waitForTimeout(1000);
+    if (s.dag_id) {
+      step(`open the trigger form of ${s.dag_id}`);
+      await page.goto(`${s.base_url}/dags/${s.dag_id}`);
+      await page.getByRole('button', { name: 'Trigger Dag' }).click();
+      const dialog = page.getByRole('dialog');
+      await dialog.getByText('Run Parameters').waitFor();
+      if (s.logical_date) {
+        step(`logical date ${s.logical_date.date} ${s.logical_date.time} UTC`);
+        await dialog.getByTestId('datetime-input').click();
+        const date = page.getByPlaceholder('YYYY/MM/DD');
+        await date.fill(s.logical_date.date);
+        await page.getByPlaceholder('HH:mm').fill(s.logical_date.time);
+        await date.press('Enter');
+        await dialog.getByRole('heading').first().click(); // close the picker
       }
-      result.log_found = want;
-      await shoot(page, 'log');
+      for (const p of s.params || []) await fillParam(page, p);
+      await shoot(page, 'form');
+
+      step('trigger');
+      const invalid = dialog.locator('[data-invalid], [aria-invalid="true"]');
+      if (await invalid.count()) {
+        const names = await invalid.evaluateAll((els) => els.map((e) => e.getAttribute('name') || e.id));
+        throw new Error(`the trigger form reports invalid fields: ${names.join(', ')}`);
+      }
+      const button = dialog.getByRole('button', { name: 'Trigger', exact: true });
+      if (await button.isDisabled()) throw new Error('the Trigger button is disabled: the form has an invalid or missing field');
+      const posted = page.waitForResponse((r) => /\/dagRuns$/.test(new URL(r.url()).pathname) && r.request().method() === 'POST');
+      await button.click();
+      const resp = await posted;
+      if (resp.status() >= 300) throw new Error(`trigger answered ${resp.status()}: ${await resp.text()}`);
+      const run = await resp.json();
+      result.run_id = run.dag_run_id;
+      result.conf = run.conf;
+      const runUrl = `${s.base_url}/dags/${s.dag_id}/runs/${encodeURIComponent(run.dag_run_id)}`;
+      await page.waitForURL((u) => u.pathname.includes('/runs/'), { timeout: 30000 });
+      result.state = await waitForRun(page, s, runUrl);
+      // the grid polls on its own; reload once so every cell shows its final state
+      await page.reload();
+      await page.getByTestId('header-card').getByTestId('state-badge').waitFor();
+      await page.waitForTimeout(1000);
+      await shoot(page, 'grid');
+
+      if (s.task) {
+        const t = s.task;
+        const mapped = t.map_index !== undefined && t.map_index !== null;
+        const taskUrl = `${runUrl}/tasks/${t.task_id}${mapped ? `/mapped/${t.map_index}` : ''}`;
+        step(`open the log of ${t.task_id}${mapped ? `[${t.map_index}]` : ''}`);
+        await page.goto(taskUrl);
+        const want = t.log_contains || [];
+        const deadline = Date.now() + 60000;
+        let text = '';
+        for (;;) {
+          text = await page.locator('body').innerText();
+          if (want.every((w) => text.includes(w))) break;
+          if (Date.now() > deadline) {
+            const missing = want.filter((w) => !text.includes(w));
+            throw new Error(`the log page of ${t.task_id} never showed ${JSON.stringify(missing)}`);
+          }
+          await page.waitForTimeout(1000);
+        }
+        result.log_found = want;
+        await shoot(page, 'log');
+      }
     }
   } catch (err) {
     if (page && s.failure_screenshot) {

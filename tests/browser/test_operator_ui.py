@@ -8,7 +8,6 @@ docs/img/. The REST API then confirms what the browser saw.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from datacloud import config, platform_state
@@ -17,51 +16,31 @@ from datacloud.api import AirflowAPI
 IMG_DIR = config.REPO_ROOT / "docs" / "img"
 
 
-def test_inventory_report_from_the_trigger_form(airflow_stack, airflow_api: AirflowAPI, run_ui, tmp_path):
-    inventory = tmp_path / "my-cluster.yaml"
-    shutil.copy(config.REPO_ROOT / "inventory.example.yaml", inventory)
-    # Two stages have run on this "platform": their links appear, JupyterHub's does not.
+def test_platform_links_and_platform_health(airflow_stack, airflow_api: AirflowAPI, run_ui):
+    """Links appear for the stages that ran; platform_health is paused by default and runs green from the UI."""
+    # Two stages have "run": their links appear, JupyterHub's does not.
     state_file = airflow_stack.data_dir / "platform" / "state.json"
     platform_state.record_stage("monitoring", path=state_file, services={
-        "grafana": "http://192.168.1.1:30300", "prometheus": "http://192.168.1.1:30090", "headlamp": "http://192.168.1.1:30400"})
-    platform_state.record_stage("spark", path=state_file, services={"spark_history": "http://192.168.1.1:31808"})
-    airflow_api.wait_for_dag("inventory_report")
+        "grafana": "http://127.0.0.1:3000", "prometheus": "http://127.0.0.1:9090", "headlamp": "http://127.0.0.1:4466"})
+    platform_state.record_stage("spark", path=state_file, services={"spark_history": "http://127.0.0.1:18080"})
     try:
-        result = run_ui({
+        links = run_ui({
             "base_url": airflow_stack.airflow_url,
             "username": "admin",
             "password": airflow_stack.admin_password(),
-            "dag_id": "inventory_report",
             "nav": {"menu": "Plugins", "category": "Platform"},
-            "params": [{"name": "inventory", "kind": "text", "value": str(inventory)}],
-            "task": {"task_id": "report", "log_contains": [f"Inventory | {inventory} is valid: 5 nodes", "Capacity |"]},
-            "screenshots": {
-                "nav": str(IMG_DIR / "platform-links.png"),
-                "form": str(IMG_DIR / "inventory_report-trigger.png"),
-                "grid": str(IMG_DIR / "inventory_report-grid.png"),
-                "log": str(IMG_DIR / "inventory_report-log.png"),
-            },
+            "screenshots": {"nav": str(IMG_DIR / "platform-links.png")},
         })
     finally:
         platform_state.forget(path=state_file)
-
-    assert result["nav"] == [
-        {"name": "Grafana", "href": "http://192.168.1.1:30300"},
-        {"name": "Spark History Server", "href": "http://192.168.1.1:31808"},
-        {"name": "Headlamp (Kubernetes)", "href": "http://192.168.1.1:30400"},
-        {"name": "Prometheus", "href": "http://192.168.1.1:30090"},
+    assert links["nav"] == [
+        {"name": "Grafana", "href": "http://127.0.0.1:3000"},
+        {"name": "Spark History Server", "href": "http://127.0.0.1:18080"},
+        {"name": "Headlamp (Kubernetes)", "href": "http://127.0.0.1:4466"},
+        {"name": "Prometheus", "href": "http://127.0.0.1:9090"},
     ]
-    assert result["conf"] == {"inventory": str(inventory)}  # what the form sent
-    assert result["state"] == "success"
-    run = airflow_api.run("inventory_report", result["run_id"])
-    assert run["state"] == "success"
-    assert run["conf"] == {"inventory": str(inventory)}
-    for shot in result["screenshots"]:
-        assert (IMG_DIR / shot.rsplit("/", 1)[-1]).stat().st_size > 10_000
 
-
-def test_platform_health_from_the_ui(airflow_stack, airflow_api: AirflowAPI, run_ui):
-    """Paused by default; triggered from the UI it runs green on the local stack, one log line per probe."""
+    # Nothing provisioned now: the cluster probes are skipped, the local ones pass.
     airflow_api.wait_for_dag("platform_health")
     assert airflow_api._request("GET", "/api/v2/dags/platform_health")["is_paused"] is True
     try:
@@ -69,6 +48,7 @@ def test_platform_health_from_the_ui(airflow_stack, airflow_api: AirflowAPI, run
             "base_url": airflow_stack.airflow_url,
             "username": "admin",
             "password": airflow_stack.admin_password(),
+            "user_data_dir": str(state_file.parent / "chromium-profile-2"),
             "dag_id": "platform_health",
             "params": [],
             "task": {"task_id": "probe", "log_contains": ["Health | airflow", "Health | mongodb", "| skipped |",
@@ -138,3 +118,30 @@ def test_provision_platform_dry_run_against_the_lab(airflow_stack, airflow_api: 
     for node in lab.nodes:
         assert not node.path("/etc/modules-load.d/datacloud-k8s.conf").exists()
     assert [c for c in lab.calls() if c.get("tool") == "kubeadm" and c.get("argv", [None])[:1] in (["init"], ["join"])] == []
+
+
+def test_etl_flights_daily_one_day(airflow_stack, airflow_api: AirflowAPI, run_ui):
+    """One day (2013-01-01) from the trigger form: logical date 2013-01-02 00:00 UTC covers that day; green."""
+    airflow_api.wait_for_dag("etl_flights_daily")
+    result = run_ui({
+        "base_url": airflow_stack.airflow_url,
+        "username": "admin",
+        "password": airflow_stack.admin_password(),
+        "dag_id": "etl_flights_daily",
+        "timeout_s": 200,
+        "logical_date": {"date": "2013/01/02", "time": "00:00"},
+        "params": [{"name": "max_rejected_share", "kind": "number", "value": 0.02}],
+        "task": {"task_id": "quality", "log_contains": ["Quality | 2013-01-01 passed"]},
+        "screenshots": {
+            "form": str(IMG_DIR / "etl_flights_daily-trigger.png"),
+            "grid": str(IMG_DIR / "etl_flights_daily-grid.png"),
+            "log": str(IMG_DIR / "etl_flights_daily-quality-log.png"),
+        },
+    }, timeout=260)
+    assert result["conf"] == {"max_rejected_share": 0.02}
+    run = airflow_api.run("etl_flights_daily", result["run_id"])
+    assert run["state"] == "success"
+    assert run["logical_date"].startswith("2013-01-02T00:00:00")
+    tis = airflow_api.task_instances("etl_flights_daily", result["run_id"])
+    assert {t["task_id"]: t["state"] for t in tis} == {
+        "land": "success", "ingest": "success", "transform": "success", "quality": "success", "publish": "success"}
