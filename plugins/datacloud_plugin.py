@@ -10,6 +10,8 @@
   (``datacloud.platform_state.SPARK_APP_XCOM_KEY``); other tasks show it disabled.
 * **Macros**: ``{{ macros.datacloud.spark_history_url(app_id) }}`` and
   ``{{ macros.datacloud.service_url("grafana") }}`` for templated fields.
+* **Listener** (``datacloud_listener``): the last task of a provisioning stage
+  records the stage in the platform state when it succeeds (not in a dry run).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
+import datacloud_listener
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
 from datacloud import platform_state
@@ -88,6 +91,7 @@ class DatacloudPlugin(AirflowPlugin):
     name = "datacloud"
     macros = [spark_history_url, service_url]  # noqa: RUF012 - AirflowPlugin's interface
     global_operator_extra_links = [SparkHistoryLink()]  # noqa: RUF012
+    listeners = [datacloud_listener]  # noqa: RUF012
 
     @property
     def external_views(self) -> list[dict[str, Any]]:  # read per request: links appear once a stage has run

@@ -242,3 +242,54 @@ def forget(stages: list[str] | None = None, *, path: Path | None = None) -> list
             _write(path, data)
     log.info("Platform state | forgot %s", ", ".join(gone) if gone else "nothing (no such stage recorded)")
     return gone
+
+
+# --- recording from provision_platform's tasks (called by the plugin's listener) --------------
+
+PROVISION_DAG_ID = "provision_platform"
+STAGE_ASSET_PREFIX = "datacloud://platform/"
+
+
+def _simple_facts(result: Any) -> dict[str, Any]:
+    """The scalar facts of a step's result (counts, versions, names); lists, dicts and changes are left out."""
+    if not isinstance(result, Mapping):
+        return {}
+    return {
+        k: v for k, v in result.items()
+        if k not in ("changes", "dry_run") and isinstance(k, str) and _SAFE_FACT_KEY.match(k)
+        and isinstance(v, (str, int, float, bool)) and len(str(v)) <= 200
+    }
+
+
+def record_from_task(
+    *,
+    dag_id: str,
+    outlet_uris: list[str],
+    params: Mapping[str, Any],
+    result: Any = None,
+    run_id: str | None = None,
+    mapped: bool = False,
+    path: Path | None = None,
+) -> str | None:
+    """Record a stage when the task carrying its Asset (the stage's last task) succeeded.
+
+    Returns the stage recorded, or None when the task is not a stage's last
+    task, or the run was a dry run. A stage module may define
+    ``services(inv) -> {service key: URL}`` for the navigation links.
+    """
+    if dag_id != PROVISION_DAG_ID or params.get("dry_run"):
+        return None
+    stages = [u[len(STAGE_ASSET_PREFIX):] for u in outlet_uris if u.startswith(STAGE_ASSET_PREFIX)]
+    stage = next((s for s in stages if s in STAGES), None)
+    if stage is None:
+        return None
+    services: dict[str, str] = {}
+    from datacloud.stages import stage_module
+
+    module = stage_module(stage)
+    if module is not None and hasattr(module, "services"):
+        from datacloud.inventory import load_inventory
+
+        services = dict(module.services(load_inventory(config.resolve_inventory_path(params.get("inventory")))))
+    record_stage(stage, run_id=run_id, services=services, facts={} if mapped else _simple_facts(result), path=path)
+    return stage

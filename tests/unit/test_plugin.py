@@ -80,3 +80,71 @@ def test_task_link_reads_the_application_id(plugin, monkeypatch):
 
     monkeypatch.setattr(plugin, "_xcom_value", broken)
     assert link.get_link(None, ti_key=SimpleNamespace(task_id="t1")) == ""
+
+
+class RuntimeTaskInstanceDouble:
+    """Test double for the task SDK's RuntimeTaskInstance, as the listener sees it."""
+
+    def __init__(self, task_id, outlets, params, result, map_index=-1, dag_id="provision_platform"):
+        self.dag_id, self.task_id, self.run_id, self.map_index = dag_id, task_id, "manual__1", map_index
+        self.task = SimpleNamespace(outlets=[SimpleNamespace(uri=u) for u in outlets])
+        self._params, self._result = params, result
+
+    def get_template_context(self):
+        return {"params": self._params}
+
+    def xcom_pull(self, task_ids, map_indexes):
+        assert (task_ids, map_indexes) == (self.task_id, self.map_index)
+        return self._result
+
+
+def test_listener_records_a_stage_after_its_last_task(plugin):
+    import datacloud_listener
+
+    assert datacloud_listener in plugin.DatacloudPlugin().listeners
+    params = {"inventory": "inventory.example.yaml", "dry_run": False}
+    result = {"changes": ["x"], "dry_run": False, "nodes": 5, "version": "1.34.2", "table": [1, 2]}
+    # a step that is not the stage's last (no Asset): nothing recorded
+    datacloud_listener.on_task_instance_success(None, RuntimeTaskInstanceDouble("kubernetes.init", [], params, result))
+    assert not ps.load_state().any_provisioned
+    # a dry run: nothing recorded
+    k8s = ["datacloud://platform/kubernetes"]
+    dry = RuntimeTaskInstanceDouble("kubernetes.registered", k8s, {**params, "dry_run": True}, result)
+    datacloud_listener.on_task_instance_success(None, dry)
+    assert not ps.load_state().any_provisioned
+    # the last task of the stage, for real: recorded with its scalar facts
+    last = RuntimeTaskInstanceDouble("kubernetes.registered", ["datacloud://platform/kubernetes"], params, result)
+    datacloud_listener.on_task_instance_success(None, last)
+    state = ps.load_state()
+    assert state.facts("kubernetes") == {"nodes": 5, "version": "1.34.2"}
+    assert state.stage("kubernetes")["run_id"] == "manual__1"
+    # a mapped last task (one per node) records the stage without per-node facts
+    prep = ["datacloud://platform/node_prep"]
+    mapped = RuntimeTaskInstanceDouble("node_prep.prepare", prep, params, {"node": "n2"}, map_index=1)
+    datacloud_listener.on_task_instance_success(None, mapped)
+    assert ps.load_state().facts("node_prep") == {}
+    # other DAGs are ignored
+    other = RuntimeTaskInstanceDouble("publish", ["datacloud://platform/spark"], params, {}, dag_id="etl_flights_daily")
+    datacloud_listener.on_task_instance_success(None, other)
+    assert not ps.load_state().provisioned("spark")
+
+
+def test_stage_module_services_become_links(plugin, monkeypatch):
+    import types
+
+    fake = types.ModuleType("datacloud.stages.monitoring")
+    fake.services = lambda inv: {"grafana": f"http://{inv.control_plane.address}:3000"}
+    monkeypatch.setitem(sys.modules, "datacloud.stages.monitoring", fake)
+    stage = ps.record_from_task(dag_id="provision_platform", outlet_uris=["datacloud://platform/monitoring"],
+                                params={"inventory": "inventory.example.yaml", "dry_run": False}, result={})
+    assert stage == "monitoring"
+    assert plugin.DatacloudPlugin().external_views[0]["href"] == "http://192.168.1.1:3000"
+
+
+def test_listener_never_fails_the_task(plugin, caplog):
+    import datacloud_listener
+
+    bad = RuntimeTaskInstanceDouble("x", ["datacloud://platform/kubernetes"], {"inventory": "/nonexistent.yaml"}, None)
+    bad.xcom_pull = lambda **kw: (_ for _ in ()).throw(RuntimeError("xcom backend down"))
+    datacloud_listener.on_task_instance_success(None, bad)  # no exception
+    assert "Platform state | recording x failed" in caplog.text
