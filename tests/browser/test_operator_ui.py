@@ -103,9 +103,22 @@ def test_provision_platform_dry_run_against_the_lab(airflow_stack, airflow_api: 
                 "log": str(IMG_DIR / "provision_platform-node-log.png"),
             },
         }, timeout=220)
+        state_file = airflow_stack.data_dir / "platform" / "state.json"
+        assert not platform_state.load_state(state_file).any_provisioned  # a dry run records nothing
+        # A real run of preflight alone (it changes nothing on the nodes): the plugin's listener
+        # records the stage when its last task succeeds, in the task's own process.
+        real = airflow_api.trigger("provision_platform", conf={
+            "inventory": str(lab.inventory_path), "stages": ["preflight"], "dry_run": False,
+            "kubernetes_version": lab.inventory()["cluster"]["kubernetes_version"]})
+        assert airflow_api.wait_run("provision_platform", real["dag_run_id"], timeout=120)["state"] == "success"
+        recorded = platform_state.load_state(state_file)
+        assert recorded.provisioned("preflight")
+        assert recorded.stage("preflight")["run_id"] == real["dag_run_id"]
+        assert not recorded.provisioned("node_prep")
     finally:
         airflow_api._request("DELETE", "/api/v2/connections/datacloud_ssh")
         airflow_api._request("DELETE", "/api/v2/pools/datacloud_nodes")
+        platform_state.forget(path=airflow_stack.data_dir / "platform" / "state.json")
 
     assert result["conf"]["dry_run"] is True
     assert result["conf"]["stages"] == stages
