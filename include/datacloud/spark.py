@@ -121,7 +121,19 @@ def _job_module():
     return module
 
 
-def local_session(jars: list[str] | None = None):
+def connector_jars() -> str:
+    """The MongoDB Spark connector jars, comma-separated (``DATACLOUD_SPARK_JARS`` or the ./dev setup cache)."""
+    jars = os.environ.get("DATACLOUD_SPARK_JARS", "")
+    if not jars:
+        from datacloud.localstack import spark_jars
+
+        jars = ",".join(str(p) for p in spark_jars())
+    if not jars:
+        raise UserError("the MongoDB Spark connector jars are missing (DATACLOUD_SPARK_JARS is empty); run ./dev setup.")
+    return jars
+
+
+def local_session(jars: str | None = None):
     """A local[2] SparkSession with the connector jars; returns (session, created_here, seconds)."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -130,19 +142,11 @@ def local_session(jars: list[str] | None = None):
     active = SparkSession.getActiveSession()
     if active is not None:
         return active, False, 0.0
-    if jars is None:
-        jars = [j for j in os.environ.get("DATACLOUD_SPARK_JARS", "").split(",") if j]
-        if not jars:
-            from datacloud.localstack import spark_jars
-
-            jars = [str(p) for p in spark_jars()]
-    if not jars:
-        raise UserError("the MongoDB Spark connector jars are missing (DATACLOUD_SPARK_JARS is empty); run ./dev setup.")
     started = time.monotonic()
     session = (
         SparkSession.builder.master("local[2]")
         .appName("flights_daily_stats")
-        .config("spark.jars", ",".join(jars))
+        .config("spark.jars", jars or connector_jars())
         .config("spark.driver.memory", "1g")
         .config("spark.driver.extraJavaOptions", JVM_OPTIONS)
         .config("spark.ui.enabled", "false")
@@ -271,9 +275,7 @@ def _standalone_operator_class():
                 mongo = _mongo_for_job()
                 try:
                     self.application_args = job_arguments(day, str(config.data_dir() / "landing"), mongo.database)
-                    self.jars = os.environ.get("DATACLOUD_SPARK_JARS") or ",".join(
-                        str(p) for p in __import__("datacloud.localstack").localstack.spark_jars()
-                    )
+                    self.jars = connector_jars()
                     self.env_vars = {**(self.env_vars or {}), "DATACLOUD_MONGO_URI": mongo.uri,
                                      "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
                                      "PYSPARK_PYTHON": sys.executable}

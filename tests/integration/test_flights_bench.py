@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import date, timedelta
+from datetime import UTC, date, timedelta
 
 import pymongo
 import pytest
@@ -122,34 +122,30 @@ print("RESULT " + json.dumps({"jvm_start_s": round(jvm, 2), "first_run_s": first
     _report("spark_local", wall_s=round(wall, 2), **result)
 
 
-def test_spark_job_standalone(stack_factory, tmp_path):
-    """The same job through spark-submit to a standalone master + worker (what the standalone target runs)."""
+def test_spark_job_standalone(stack_factory, tmp_path, monkeypatch):
+    """The standalone target for real: the provider's SparkSubmitOperator (our subclass) against spark://."""
+    from datetime import datetime
+
     stack = stack_factory()
     stack.start_ferretdb()
     stack.start_spark()
-    uri = stack.mongo_uri
-    os.environ["DATACLOUD_DATA_DIR"] = str(stack.data_dir)
-    try:
-        flights.land(DAYS[0])
-        flights.ingest(DAYS[0], "bench", connect(uri))
-    finally:
-        os.environ.pop("DATACLOUD_DATA_DIR")
-    env = {**os.environ, **stack.env(), "DATACLOUD_MONGO_URI": uri}
+    for key, value in stack.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DATACLOUD_SPARK_TARGET", "standalone")
+    flights.land(DAYS[0])
+    flights.ingest(DAYS[0], "bench", connect(stack.mongo_uri))
     deadline = time.monotonic() + 60
-    while "ALIVE" not in _master_json(stack) and time.monotonic() < deadline:
+    while '"status" : "ALIVE"' not in _master_json(stack) and time.monotonic() < deadline:
         time.sleep(1)
-    submit = str(REPO_ROOT / ".venv" / "bin" / "spark-submit")
-    if not os.path.exists(submit):
-        submit = "spark-submit"
-    argv = [submit, "--master", stack.spark_master, "--deploy-mode", "client", "--jars", env["DATACLOUD_SPARK_JARS"],
-            "--conf", "spark.ui.showConsoleProgress=false", "--total-executor-cores", "2", "--executor-memory", "1g",
-            str(dspark.JOB_FILE), *dspark.job_arguments("2013-01-01", str(stack.data_dir / "landing"), "datacloud")]
+    op = dspark.transform_operator(task_id="transform")
+    start = datetime(2013, 1, 1, tzinfo=UTC)
+    context = {"data_interval_start": start, "data_interval_end": start + timedelta(days=1)}
     t = time.perf_counter()
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    result = op.execute(context)
     wall = time.perf_counter() - t
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("DATACLOUD_RESULT "))[17:])
-    _report("spark_standalone", submit_to_exit_s=round(wall, 2), job_work_s=result["seconds"])
+    db = pymongo.MongoClient(stack.mongo_uri).get_default_database()
+    assert db.daily_delay_stats.count_documents({"date": "2013-01-01"}) == len(result["carriers"]) == 14
+    _report("spark_standalone", operator_execute_s=round(wall, 2))
 
 
 def _master_json(stack) -> str:

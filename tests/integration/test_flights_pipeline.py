@@ -270,3 +270,26 @@ def test_mongodb_down_is_one_retryable_sentence(tmp_path, monkeypatch):
     assert isinstance(caught.value, TransientError)  # the task's retries with backoff apply
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__
+
+
+def test_week_table_weights_daily_means_by_flown_legs(ferretdb):
+    from datacloud.mainjob import week_table
+
+    db = pymongo.MongoClient(_db_uri(ferretdb)).get_default_database()
+    base = {"carrier": "UA", "carrier_name": "United Air Lines Inc.", "cancelled": 0}
+    db.daily_delay_stats.insert_many([
+        {**base, "_id": "2013-01-01/UA", "date": "2013-01-01", "flights": 10, "departed": 10, "arrived": 10,
+         "mean_dep_delay": 10.0, "mean_arr_delay": 0.0, "delayed_15_share": 0.5},
+        {**base, "_id": "2013-01-02/UA", "date": "2013-01-02", "flights": 31, "cancelled": 1, "departed": 30, "arrived": 29,
+         "mean_dep_delay": 2.0, "mean_arr_delay": 4.0, "delayed_15_share": 0.1},
+        {**base, "_id": "2013-01-09/UA", "date": "2013-01-09", "flights": 99, "departed": 99, "arrived": 99,
+         "mean_dep_delay": 99.0, "mean_arr_delay": 99.0, "delayed_15_share": 1.0},  # outside the week
+    ])
+    table, text = week_table(db, date(2013, 1, 1), date(2013, 1, 7))
+    (ua,) = table
+    assert (ua["days"], ua["flights"], ua["cancelled"]) == (2, 41, 1)
+    assert ua["mean_dep_delay"] == pytest.approx((10 * 10 + 2 * 30) / 40)
+    assert ua["mean_arr_delay"] == pytest.approx((0 * 10 + 4 * 29) / 39)
+    assert ua["delayed_15_share"] == pytest.approx((5 + 3) / 40)
+    assert "UA      United Air Lines Inc." in text
+    assert "20.0 %" in text
