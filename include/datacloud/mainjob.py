@@ -1,35 +1,200 @@
-"""``./dev run``: the main job on the embedded default.
+"""``./dev run``: the main job -- a week of flights through the running scheduler.
 
-Brings the local stack up, triggers ``inventory_report`` for the embedded
-thesis inventory through the REST API, waits for success and says where to look.
+1. ``./dev up`` (FerretDB + ``airflow standalone``; already running is fine);
+2. a real backfill of ``etl_flights_daily`` for 2013-01-01 .. 2013-01-07 through
+   the REST API (``POST /api/v2/backfills``, the same thing ``airflow backfill
+   create`` does), reprocessing days that ran before -- the pipeline is
+   idempotent, so a second ``./dev run`` leaves MongoDB as it was;
+3. wait until every run of the week has finished;
+4. print a per-carrier table for the week read from MongoDB (``daily_delay_stats``)
+   and where to look in the UI.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from datetime import date, timedelta
+from typing import Any
 
 from datacloud.api import AirflowAPI
-from datacloud.errors import UserError
+from datacloud.errors import TransientError, UserError
 from datacloud.localstack import Stack
+from datacloud.pipelines.flights import DAG_ID, DELAY_STATS, max_active_runs
 
 log = logging.getLogger(__name__)
 
-DAG_ID = "inventory_report"
+FIRST = date(2013, 1, 1)
+LAST = date(2013, 1, 7)
+TIMEOUT_S = 1800
+
+
+def backfill(
+    api: AirflowAPI, first: date, last: date, max_active_runs: int | None = None, stack: Stack | None = None
+) -> dict[str, Any]:
+    """Create a backfill (reprocessing finished runs); waits for one already running on the DAG first."""
+    body: dict[str, Any] = {
+        "dag_id": DAG_ID,
+        "from_date": f"{first.isoformat()}T00:00:00Z",
+        "to_date": f"{last.isoformat()}T00:00:00Z",
+        "reprocess_behavior": "completed",
+        "run_backwards": False,
+        "dag_run_conf": {},
+    }
+    if max_active_runs:
+        body["max_active_runs"] = max_active_runs
+    for attempt in range(1, 6):
+        for existing in api._request("GET", f"/api/v2/backfills?dag_id={DAG_ID}&limit=100")["backfills"]:
+            if not existing.get("completed_at"):
+                log.info("Run | waiting for backfill %s that is still running", existing["id"])
+                wait_backfill(api, existing["id"], stack=stack)
+        ensure_scheduler(stack, api)
+        try:
+            return api._request("POST", "/api/v2/backfills", body)
+        except TransientError as exc:
+            # SQLite behind airflow standalone: the scheduler may hold the write lock; the API
+            # rolls the whole backfill back and answers 503, so trying again is safe.
+            log.info("Run | %s; trying again (%d/5)", exc, attempt)
+            time.sleep(3 * attempt)
+    raise UserError(f"Airflow did not accept the backfill of {DAG_ID} after 5 attempts; see .data/run/airflow.log.")
+
+
+def ensure_scheduler(stack: Stack | None, api: AirflowAPI) -> None:
+    """Restart ``airflow standalone`` when one of its components died.
+
+    On SQLite a backfill created while the scheduler writes can fail with
+    "database is locked"; Airflow then deletes the half-made runs, and a
+    scheduler that was already looking at them can exit. ``airflow standalone``
+    does not restart it, so we do (the runs live in the metadata DB and go on).
+    """
+    if stack is None or stack.airflow_healthy():
+        return
+    time.sleep(5)  # the health endpoint lags a heartbeat behind
+    if stack.airflow_healthy():
+        return
+    log.warning("Run | an Airflow component is not healthy; restarting airflow standalone")
+    stack.stop("airflow")
+    stack.start_airflow()
+    api._token = None  # a new api-server may sign tokens with a new secret
+
+
+def wait_backfill(api: AirflowAPI, backfill_id: int, timeout: float = TIMEOUT_S, stack: Stack | None = None) -> dict[str, Any]:
+    start = time.monotonic()
+    last_report = start
+    while True:
+        info = api._request("GET", f"/api/v2/backfills/{backfill_id}")
+        if info.get("completed_at"):
+            return info
+        if time.monotonic() - start > timeout:
+            raise UserError(f"backfill {backfill_id} of {DAG_ID} is still running after {timeout:.0f}s; see the Airflow UI.")
+        if time.monotonic() - last_report >= 20:
+            ensure_scheduler(stack, api)
+            runs = _week_runs(api, FIRST, LAST)
+            states = {}
+            for r in runs.values():
+                states[r["state"]] = states.get(r["state"], 0) + 1
+            log.info("Run | backfill %s: %s (%.0fs)", backfill_id, ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
+                     time.monotonic() - start)
+            last_report = time.monotonic()
+        time.sleep(2)
+
+
+def _week_runs(api: AirflowAPI, first: date, last: date) -> dict[str, dict[str, Any]]:
+    """The latest run per logical date in [first, last] (by date string)."""
+    path = (
+        f"/api/v2/dags/{DAG_ID}/dagRuns?limit=100&order_by=start_date"
+        f"&logical_date_gte={first.isoformat()}T00:00:00Z&logical_date_lte={last.isoformat()}T00:00:00Z"
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for run in api._request("GET", path)["dag_runs"]:
+        out[run["logical_date"][:10]] = run
+    return out
+
+
+def week_table(db, first: date, last: date) -> tuple[list[dict[str, Any]], str]:
+    """Per-carrier numbers for the days in [first, last] from daily_delay_stats, and the text table."""
+    days = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+    rows: dict[str, dict[str, Any]] = {}
+    for doc in db[DELAY_STATS].find({"date": {"$in": days}}):
+        r = rows.setdefault(doc["carrier"], {"carrier": doc["carrier"], "name": doc.get("carrier_name") or "?", "days": 0,
+                                             "flights": 0, "cancelled": 0, "_dep": 0.0, "_dep_n": 0, "_arr": 0.0, "_arr_n": 0,
+                                             "_late": 0.0})
+        departed = int(doc.get("departed") or 0)
+        arrived = int(doc.get("arrived") or 0)
+        r["days"] += 1
+        r["flights"] += int(doc["flights"])
+        r["cancelled"] += int(doc["cancelled"])
+        if doc.get("mean_dep_delay") is not None:
+            r["_dep"] += doc["mean_dep_delay"] * departed
+            r["_dep_n"] += departed
+            r["_late"] += (doc.get("delayed_15_share") or 0.0) * departed
+        if doc.get("mean_arr_delay") is not None:
+            r["_arr"] += doc["mean_arr_delay"] * arrived
+            r["_arr_n"] += arrived
+    table = []
+    for r in sorted(rows.values(), key=lambda r: -r["flights"]):
+        table.append({
+            "carrier": r["carrier"], "name": r["name"], "days": r["days"], "flights": r["flights"], "cancelled": r["cancelled"],
+            "mean_dep_delay": r["_dep"] / r["_dep_n"] if r["_dep_n"] else None,
+            "mean_arr_delay": r["_arr"] / r["_arr_n"] if r["_arr_n"] else None,
+            "delayed_15_share": r["_late"] / r["_dep_n"] if r["_dep_n"] else None,
+        })
+    return table, format_table(table, first, last)
+
+
+def format_table(table: list[dict[str, Any]], first: date, last: date) -> str:
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    head = (f"{'carrier':<8}{'airline':<28}{'days':>5}{'flights':>9}{'cancelled':>11}"
+            f"{'dep delay':>11}{'arr delay':>11}{'>=15 min':>10}")
+    lines = [f"Flights from New York, {first} .. {last} (daily_delay_stats; delays in minutes, mean over flown legs)", head,
+             "-" * len(head)]
+    for r in table:
+        lines.append(
+            f"{r['carrier']:<8}{r['name'][:27]:<28}{r['days']:>5}{r['flights']:>9}{r['cancelled']:>11}"
+            f"{num(r['mean_dep_delay'], '.1f'):>11}{num(r['mean_arr_delay'], '.1f'):>11}"
+            f"{num(r['delayed_15_share'] * 100 if r['delayed_15_share'] is not None else None, '.1f') + ' %':>10}"
+        )
+    total_f = sum(r["flights"] for r in table)
+    total_c = sum(r["cancelled"] for r in table)
+    lines.append("-" * len(head))
+    lines.append(f"{'all':<8}{'':<28}{'':>5}{total_f:>9}{total_c:>11}")
+    return "\n".join(lines)
 
 
 def run() -> int:
+    import pymongo
+
     stack = Stack()
     stack.up()
     api = AirflowAPI(stack.airflow_url, "admin", stack.admin_password())
     api.wait_for_dag(DAG_ID)
-    api.unpause(DAG_ID)
-    run_ = api.trigger(DAG_ID, conf={"inventory": "inventory.example.yaml"})
-    print(f"triggered {DAG_ID} run {run_['dag_run_id']}")
-    done = api.wait_run(DAG_ID, run_["dag_run_id"], timeout=300)
-    url = f"{stack.airflow_url}/dags/{DAG_ID}/runs/{run_['dag_run_id']}"
-    if done["state"] != "success":
-        raise UserError(f"run {run_['dag_run_id']} of {DAG_ID} ended {done['state']}; open {url} for the task log.")
-    print(f"run {run_['dag_run_id']} of {DAG_ID}: success")
-    print(f"capacity report in the task log: {url}")
-    print(f"Airflow UI: {stack.airflow_url} (admin, password in {stack.password_file}); stop with ./dev down")
+    errors = [e for e in api.import_errors() if DAG_ID in e.get("filename", "")]
+    if errors:
+        raise UserError(f"{DAG_ID} does not import: {errors[0].get('stack_trace', '').strip().splitlines()[-1]}")
+    api.unpause(DAG_ID)  # no scheduled runs follow: the DAG ends 2013-12-31 and catchup is off
+    started = time.monotonic()
+    created = backfill(api, FIRST, LAST, max_active_runs=max_active_runs(), stack=stack)
+    print(f"backfill {created['id']} of {DAG_ID}: {FIRST} .. {LAST} (reprocessing finished days)", flush=True)
+    wait_backfill(api, created["id"], stack=stack)
+    runs = _week_runs(api, FIRST, LAST)
+    failed = {d: r for d, r in runs.items() if r["state"] != "success"}
+    missing = [d for d in ((FIRST + timedelta(days=i)).isoformat() for i in range(7)) if d not in runs]
+    ui = f"{stack.airflow_url}/dags/{DAG_ID}"
+    if failed or missing:
+        what = ", ".join(f"{d} {r['state']}" for d, r in sorted(failed.items())) or f"no run for {', '.join(missing)}"
+        raise UserError(f"the backfill of {DAG_ID} did not succeed for every day ({what}); open {ui} for the task logs.")
+    print(f"7 runs succeeded in {time.monotonic() - started:.0f}s", flush=True)
+    client = pymongo.MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=10000)
+    try:
+        _, text = week_table(client.get_default_database(), FIRST, LAST)
+    finally:
+        client.close()
+    print()
+    print(text)
+    print()
+    print(f"Airflow UI: {ui}  (user admin, password in {stack.password_file})")
+    print(f"MongoDB (FerretDB): {stack.mongo_uri}  (flights, flights_rejected, daily_delay_stats, daily_origin_weather)")
+    print("stop with ./dev down")
     return 0

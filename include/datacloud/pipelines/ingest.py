@@ -1,0 +1,211 @@
+"""MongoDB side of the pipelines: the connection, and idempotent per-day writes.
+
+``connect()`` goes through the mongo provider's ``MongoHook`` on the
+``datacloud_mongo`` connection (locally ``AIRFLOW_CONN_DATACLOUD_MONGO``); outside
+Airflow, or when that connection is not defined, ``DATACLOUD_MONGO_URI`` is used.
+
+``sync_day()`` makes the documents of one day in a collection exactly a given
+set, writing only new or changed documents in unordered bulk writes of a batch
+size, and deleting the day's documents that are gone. Because every ``_id`` is
+deterministic, a run killed mid-batch leaves a subset of the right documents
+and the next run completes it; a second run writes nothing and reports every
+document unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import bson
+from datacloud import config
+from datacloud.errors import TransientError, UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 1000
+
+
+def server_selection_ms() -> int:
+    """How long a client waits for a reachable server (``DATACLOUD_MONGO_TIMEOUT_MS``, default 10 s)."""
+    return int(os.environ.get("DATACLOUD_MONGO_TIMEOUT_MS", "10000"))
+
+
+class MongoUnreachable(TransientError):
+    """MongoDB did not answer; retried by the task's policy."""
+
+
+def redact(uri: str) -> str:
+    """The URI without user and password (safe for logs and error messages)."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@dataclass
+class Mongo:
+    """A connected client, the URI it was built from, and the database to use."""
+
+    client: Any
+    uri: str
+    database: str
+
+    @property
+    def db(self):
+        return self.client[self.database]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def connect(uri: str | None = None, conn_id: str = config.MONGO_CONN_ID) -> Mongo:
+    """A MongoDB client: ``uri`` if given, else the Airflow connection, else ``DATACLOUD_MONGO_URI``."""
+    import pymongo
+
+    if uri is None:
+        hook = _hook(conn_id)
+        if hook is not None:
+            # MongoHook passes its extras as MongoClient options; fail fast instead of the 30 s default.
+            hook.extras.setdefault("serverSelectionTimeoutMS", server_selection_ms())
+            database = hook.connection.schema or config.MONGO_DATABASE
+            return Mongo(hook.get_conn(), hook.uri, database)
+        uri = os.environ.get("DATACLOUD_MONGO_URI")
+        if not uri:
+            raise UserError(
+                f"no MongoDB configured: define the Airflow connection {conn_id} "
+                "or set DATACLOUD_MONGO_URI (./dev env prints it)."
+            )
+    database = pymongo.uri_parser.parse_uri(uri).get("database") or config.MONGO_DATABASE
+    return Mongo(pymongo.MongoClient(uri, serverSelectionTimeoutMS=server_selection_ms()), uri, database)
+
+
+def _hook(conn_id: str):
+    try:
+        from airflow.providers.mongo.hooks.mongo import MongoHook
+    except ImportError:
+        return None
+    try:
+        return MongoHook(mongo_conn_id=conn_id)
+    except Exception as exc:
+        if "isn't defined" in str(exc) or "not found" in str(exc).lower() or type(exc).__name__ == "AirflowNotFoundException":
+            return None
+        raise
+
+
+@contextlib.contextmanager
+def reachable(uri: str) -> Iterator[None]:
+    """Turn pymongo's connection failures into one sentence naming the server."""
+    from pymongo.errors import ConnectionFailure
+
+    try:
+        yield
+    except ConnectionFailure as exc:
+        reason = str(exc).split(",")[0].split(" (configured timeouts")[0][:200]
+        raise MongoUnreachable(f"MongoDB at {redact(uri)} is unreachable ({reason}).") from None
+
+
+@dataclass
+class SyncCounts:
+    upserted: int = 0  # new or changed documents written
+    unchanged: int = 0  # already there with the same bytes
+    removed: int = 0  # documents of the day that are no longer in the set
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+STATE = "ingest_state"  # one document per (collection, day): the ids and content hashes written
+
+
+def _digest(doc: dict[str, Any]) -> str:
+    return hashlib.sha256(bson.encode(doc)).hexdigest()[:32]
+
+
+def sync_day(collection, day: str, docs: list[dict[str, Any]], batch_size: int = DEFAULT_BATCH) -> SyncCounts:
+    """Make ``collection``'s documents of ``day`` exactly ``docs`` (each with a deterministic ``_id``).
+
+    What the last complete run wrote for the day is recorded in ``ingest_state``
+    (``_id`` ``<collection>/<day>``: the ids and a hash of each document's BSON).
+    Against it, documents not written yet go as ``InsertOne`` and changed ones as
+    ``ReplaceOne(upsert=True)``, mixed in unordered bulk writes of
+    ``batch_size``; ids of the day that are gone are deleted; the state is
+    replaced last. An insert that meets a duplicate key (a run killed before it
+    recorded its state, or a concurrent writer) is retried as an upsert, so the
+    outcome equals upserting everything. Reading one state document instead of
+    the day's documents matters on FerretDB, which scans a whole collection for
+    any filter, and its upserts are slow (see docs/pipeline.md).
+    """
+    from pymongo import DeleteMany, InsertOne, ReplaceOne
+
+    state_id = f"{collection.name}/{day}"
+    states = collection.database[STATE]
+    prior = states.find_one({"_id": state_id}) or {}
+    known = dict(zip(prior.get("ids", []), prior.get("digests", []), strict=True))
+    counts = SyncCounts()
+    ops: list[tuple[Any, dict[str, Any]]] = []
+    ids: list[str] = []
+    digests: list[str] = []
+    for doc in docs:
+        digest = _digest(doc)
+        ids.append(doc["_id"])
+        digests.append(digest)
+        old = known.pop(doc["_id"], None)
+        if old is None:
+            ops.append((InsertOne(doc), doc))
+        elif old == digest:
+            counts.unchanged += 1
+        else:
+            ops.append((ReplaceOne({"_id": doc["_id"]}, doc, upsert=True), doc))
+    for n, batch in enumerate(_batches(ops, batch_size), 1):
+        _bulk(collection, batch, n)
+        counts.upserted += len(batch)
+        log.info("Ingest | %s batch %d: %d documents written", collection.name, n, len(batch))
+    if known:
+        stale = sorted(known)
+        for batch in _batches(stale, batch_size):
+            collection.bulk_write([DeleteMany({"_id": {"$in": batch}})], ordered=False)
+        counts.removed = len(stale)
+    # Two parallel arrays: FerretDB stores no nested arrays.
+    state = {"_id": state_id, "collection": collection.name, "date": day, "count": len(ids), "ids": ids, "digests": digests}
+    if prior != state:
+        states.replace_one({"_id": state_id}, state, upsert=True)
+    return counts
+
+
+def _bulk(collection, batch: list[tuple[Any, dict[str, Any]]], n: int) -> None:
+    from pymongo import ReplaceOne
+    from pymongo.errors import BulkWriteError
+
+    try:
+        collection.bulk_write([op for op, _ in batch], ordered=False)
+        return
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors") or []
+    retry = [e for e in errors if e.get("code") == 11000]
+    others = [e for e in errors if e.get("code") != 11000]
+    if others:
+        raise TransientError(
+            f"{collection.name}: {len(others)} of {len(batch)} writes failed in batch {n}; "
+            f"first: {str(others[0].get('errmsg'))[:300]}"
+        )
+    docs = [batch[e["index"]][1] for e in retry]
+    log.info("Ingest | %s batch %d: %d documents appeared meanwhile; upserting them", collection.name, n, len(docs))
+    collection.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False)
+
+
+def ensure_indexes(db, specs: dict[str, list[tuple[str, int]]]) -> None:
+    """Create the single-field indexes the per-day queries need (idempotent)."""
+    for collection, keys in specs.items():
+        for key in keys:
+            db[collection].create_index([key])

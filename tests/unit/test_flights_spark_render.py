@@ -1,0 +1,107 @@
+"""The flights SparkApplication: rendered from manifests/spark/, checked against tests/schemas/SparkApplication.json."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from datacloud import spark
+from datacloud.render import versions
+
+from tests.helpers.kube_schema import crd_schema, validate_object
+
+KUBE = "1.34.2"
+
+
+def rendered(try_number: int = 1, run_id: str = "backfill__2013-01-01T00:00:00+00:00"):
+    name = spark.application_name("etl_flights_daily", run_id, try_number, "2013-01-01")
+    return spark.render_application(name=name, day="2013-01-01", database="datacloud")
+
+
+def test_application_matches_our_schema():
+    assert crd_schema("SparkApplication") is not None
+    validate_object(rendered(), KUBE)
+
+
+def test_schema_catches_what_we_could_get_wrong():
+    app = rendered()
+    typo = copy.deepcopy(app)
+    typo["spec"]["driver"]["serviceAcount"] = "spark"
+    with pytest.raises(AssertionError, match="serviceAcount"):
+        validate_object(typo, KUBE)
+    latest = copy.deepcopy(app)
+    latest["spec"]["image"] = "datacloud/spark:latest"
+    with pytest.raises(AssertionError, match="spec/image"):
+        validate_object(latest, KUBE)
+    plain_secret = copy.deepcopy(app)
+    plain_secret["spec"]["driver"]["env"][0]["value"] = "mongodb://user:pw@host"
+    with pytest.raises(AssertionError):
+        validate_object(plain_secret, KUBE)
+
+
+def test_pinned_image_connector_and_job_inputs():
+    app = rendered()
+    spec = app["spec"]
+    pins = versions()["flights"]
+    assert spec["image"] == pins["job_image"]
+    assert spec["sparkVersion"] == versions()["local"]["spark"]
+    assert f"mongo{versions()['local']['mongo_spark_connector']}" in spec["image"]
+    connector = versions()["local"]["mongo_spark_connector"]
+    assert app["metadata"]["annotations"]["datacloud/mongo-spark-connector"].endswith(":" + connector)
+    assert spec["mainApplicationFile"] == f"local://{spark.K8S_JOB_MOUNT}/flights_daily_stats.py"
+    assert spec["arguments"] == ["--date", "2013-01-01", "--landing", spark.K8S_LANDING_MOUNT, "--database", "datacloud"]
+    assert spec["driver"]["serviceAccount"] == "spark"
+    assert app["metadata"]["namespace"] == "spark-jobs"
+    for role in ("driver", "executor"):
+        env = {e["name"]: e for e in spec[role]["env"]}
+        assert env["DATACLOUD_MONGO_URI"]["valueFrom"]["secretKeyRef"] == {"name": spark.K8S_MONGO_SECRET, "key": "uri"}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["job"]["configMap"]["name"] == spark.job_configmap_name()
+    assert volumes["landing"]["persistentVolumeClaim"] == {"claimName": spark.K8S_LANDING_CLAIM, "readOnly": True}
+
+
+def test_names_are_unique_per_run_and_try_and_fit_kubernetes():
+    names = {
+        spark.application_name("etl_flights_daily", run_id, try_number, "2013-01-01")
+        for run_id in ("backfill__2013-01-01T00:00:00+00:00", "manual__2013-01-01T00:00:00+00:00")
+        for try_number in (1, 2, 3)
+    }
+    assert len(names) == 6
+    for name in names:
+        assert len(name) <= 53
+        assert name.startswith("etl-flights-daily-20130101-")
+    assert spark.application_name("etl_flights_daily", "r", 2, "2013-01-01") == spark.application_name(
+        "etl_flights_daily", "r", 2, "2013-01-01"
+    )
+
+
+def test_target_comes_from_the_environment(monkeypatch):
+    from datacloud.errors import UserError
+
+    monkeypatch.delenv("DATACLOUD_SPARK_TARGET", raising=False)
+    assert spark.target() == "local"
+    monkeypatch.setenv("DATACLOUD_SPARK_TARGET", "Kubernetes")
+    assert spark.target() == "kubernetes"
+    monkeypatch.setenv("DATACLOUD_SPARK_TARGET", "yarn")
+    with pytest.raises(UserError, match="must be one of local, standalone, kubernetes"):
+        spark.target()
+
+
+@pytest.mark.parametrize("kind", ["local", "standalone", "kubernetes"])
+def test_each_target_builds_its_operator(monkeypatch, kind):
+    monkeypatch.setenv("DATACLOUD_SPARK_TARGET", kind)
+    op = spark.transform_operator(task_id="transform")
+    expected = {
+        "local": "FlightsSparkLocalOperator",
+        "standalone": "FlightsSparkSubmitOperator",
+        "kubernetes": "FlightsSparkKubernetesOperator",
+    }[kind]
+    assert type(op).__name__ == expected
+    if kind == "local":
+        assert op.max_active_tis_per_dag == 1  # one JVM at a time on a small machine
+    if kind == "kubernetes":
+        assert (op.get_logs, op.delete_on_termination, op.random_name_suffix) == (True, True, False)
+        assert op.namespace == "spark-jobs"
+    if kind == "standalone":
+        assert op._conn_id == "datacloud_spark"
+        assert op.application.endswith("include/jobs/flights_daily_stats.py")
