@@ -66,6 +66,16 @@ class AirflowAPI:
     def import_errors(self) -> list[dict[str, Any]]:
         return self._request("GET", "/api/v2/importErrors")["import_errors"]
 
+    def ensure_pool(self, name: str, slots: int, description: str) -> str:
+        """Create the pool when missing; an existing pool (maybe resized by an admin) is left alone."""
+        try:
+            self._request("GET", f"/api/v2/pools/{urllib.parse.quote(name)}")
+            return "unchanged"
+        except UserError:
+            body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
+            self._request("POST", "/api/v2/pools", body)
+            return "created"
+
     def unpause(self, dag_id: str) -> None:
         self._request("PATCH", f"/api/v2/dags/{urllib.parse.quote(dag_id)}", {"is_paused": False})
 

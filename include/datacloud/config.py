@@ -23,6 +23,12 @@ SPARK_CONN_ID = "datacloud_spark"
 
 MONGO_DATABASE = "datacloud"
 
+# Per-node provisioning tasks run in this pool. The scheduler never runs tasks of a
+# pool that does not exist, so `./dev up` creates it (REST API) and an administrator
+# of another Airflow creates it once: airflow pools set datacloud_nodes 10 "datacloud per-node tasks"
+NODES_POOL = "datacloud_nodes"
+NODES_POOL_SLOTS = 10
+
 
 def data_dir() -> Path:
     """Where local state lives (landing zone, FerretDB files, Airflow home)."""

@@ -237,6 +237,15 @@ class Stack:
         airflow = str(Path(sys.executable).parent / "airflow")
         self._start("airflow", [airflow, "standalone"], self.env())
         self._wait("Airflow", self.airflow_healthy, 240, "airflow")
+        self._wait("the admin password file", self.password_file.exists, 60, "airflow")
+        self.ensure_pools()
+
+    def ensure_pools(self) -> None:
+        from datacloud.api import AirflowAPI
+
+        api = AirflowAPI(self.airflow_url, "admin", self.admin_password())
+        state = api.ensure_pool(config.NODES_POOL, config.NODES_POOL_SLOTS, "datacloud: per-node provisioning tasks")
+        log.info("Stack | pool %s %s", config.NODES_POOL, state)
 
     def start_spark(self) -> None:
         spark_home = Path(__import__("pyspark").__file__).parent

@@ -49,6 +49,8 @@ def test_up_trigger_down(isolated_env: dict[str, str]) -> None:
         api.wait_for_dag("inventory_report")
         assert "inventory_report" in {d["dag_id"] for d in api.dags()}
         assert api.import_errors() == []
+        # `up` created the pool the per-node provisioning tasks run in
+        assert api.ensure_pool("datacloud_nodes", 10, "again") == "unchanged"
         api.unpause("inventory_report")
         run = api.trigger("inventory_report", conf={"inventory": "inventory.example.yaml"})
         done = api.wait_run("inventory_report", run["dag_run_id"], timeout=240)
