@@ -22,6 +22,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
+
 from datacloud.dag_defaults import DEFAULT_ARGS
 from datacloud.pipelines import flights
 from datacloud.spark import transform_operator

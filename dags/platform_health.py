@@ -20,6 +20,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import Param, dag, task
+
 from datacloud.dag_defaults import DEFAULT_ARGS, START
 
 

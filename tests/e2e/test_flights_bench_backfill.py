@@ -14,6 +14,7 @@ import time
 from datetime import date, timedelta
 
 import pytest
+
 from datacloud import mainjob
 from datacloud.pipelines.flights import DAG_ID
 

@@ -18,11 +18,12 @@ from datetime import UTC, date, timedelta
 
 import pymongo
 import pytest
+from pymongo import UpdateOne
+
 from datacloud import spark as dspark
 from datacloud.config import REPO_ROOT
 from datacloud.pipelines import flights, land
 from datacloud.pipelines.ingest import connect
-from pymongo import UpdateOne
 
 pytestmark = pytest.mark.bench
 

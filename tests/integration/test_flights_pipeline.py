@@ -26,6 +26,7 @@ import pymongo
 import pytest
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
+
 from datacloud.config import REPO_ROOT
 from datacloud.pipelines import flights
 from datacloud.pipelines.ingest import MongoUnreachable, connect

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from datacloud import health
 from datacloud.health import HealthContext, PlatformUnhealthy
 from datacloud.localstack import free_port

@@ -8,6 +8,7 @@ import struct
 import subprocess
 
 import pytest
+
 from datacloud.config import REPO_ROOT
 from datacloud.stages import STAGES
 

@@ -6,6 +6,7 @@ import itertools
 from datetime import UTC, datetime
 
 import pytest
+
 from datacloud.config import REPO_ROOT
 
 

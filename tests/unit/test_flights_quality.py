@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from datacloud.pipelines.quality import Measured, evaluate
 
 CARRIERS = ["AA", "B6", "UA"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from datacloud import spark
 from datacloud.render import versions
-
 from tests.helpers.kube_schema import crd_schema, validate_object
 
 KUBE = "1.34.2"

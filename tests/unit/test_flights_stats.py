@@ -6,6 +6,7 @@ from datetime import datetime
 
 import numpy as np
 import pytest
+
 from datacloud import spark as dspark
 
 DAY = "2013-01-01"

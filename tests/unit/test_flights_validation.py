@@ -6,6 +6,7 @@ import json
 from datetime import UTC, date
 
 import pytest
+
 from datacloud.pipelines.flights import _frame_lines, day_of, parse_lines, source_frames
 from datacloud.pipelines.validation import flight_id, validate_flight
 

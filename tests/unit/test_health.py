@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from datacloud import health, platform_state
 from datacloud.config import REPO_ROOT
 from datacloud.health import HealthContext, PlatformUnhealthy

@@ -7,6 +7,7 @@ import multiprocessing
 from datetime import UTC, datetime
 
 import pytest
+
 from datacloud import platform_state as ps
 from datacloud.errors import UserError
 

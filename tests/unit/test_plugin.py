@@ -7,6 +7,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+
 from datacloud import platform_state as ps
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from datacloud.errors import TransientError, UserError
 from datacloud.progress import Pending, Progress, wait_for
 

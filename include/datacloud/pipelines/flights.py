@@ -280,6 +280,7 @@ def task_land() -> dict[str, Any]:
 
 def task_ingest() -> dict[str, Any]:
     from airflow.sdk import get_current_context
+
     from datacloud.pipelines.ingest import connect
 
     context = get_current_context()
@@ -294,6 +295,7 @@ def task_ingest() -> dict[str, Any]:
 
 def task_quality() -> dict[str, Any]:
     from airflow.sdk import get_current_context
+
     from datacloud.pipelines import quality
     from datacloud.pipelines.ingest import connect
 

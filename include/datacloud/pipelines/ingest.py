@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import bson
+
 from datacloud import config
 from datacloud.errors import TransientError, UserError
 
