@@ -217,7 +217,10 @@ def op(call: dict) -> str:
     if argv[0] == "rollout":
         return f"rollout {words[2]}"
     if argv[0] == "exec":
-        return f"exec {words[1] if len(words) > 1 else ''}"
+        head = argv[: argv.index("--")] if "--" in argv else argv
+        skip = {i + 1 for i, w in enumerate(head) if w in ("--namespace", "-n", "--container", "-c")}
+        target = [w for i, w in enumerate(head[1:], 1) if i not in skip and not w.startswith("-")]
+        return f"exec {target[0] if target else ''}"
     if argv[0] == "get" and "--raw" in argv:
         return "raw " + argv[argv.index("--raw") + 1]
     return " ".join(words[:3])
@@ -249,6 +252,16 @@ def test_dry_run_changes_nothing(lab: Lab, env: dict[str, str]) -> None:
     assert lab.calls() == []  # no kube tool was even installed, let alone called
     assert "would install kubelet=1.34.2-1.1 kubeadm=1.34.2-1.1 kubectl=1.34.2-1.1" in out
     assert "would comment out swap entries in /etc/fstab" in out
+    for stage_step in (
+        "storage | apply",
+        "mongo | apply",
+        "mongo | sharding",
+        "spark | apply",
+        "jupyter | apply",
+        "monitoring | apply",
+    ):
+        assert f"{stage_step} | would change" in out, stage_step  # every later stage plans, none fails before the cluster exists
+    assert "would be written once the mongo stage created its monitor user" in out
     for node in lab.nodes:
         assert not node.path("/etc/containerd/config.toml").exists()
         assert "\n/swapfile" in node.path("/etc/fstab").read_text()
@@ -370,8 +383,8 @@ def test_full_run_prepares_nodes_and_drives_the_tools(lab: Lab, env: dict[str, s
     storage = in_order(
         ops,
         r"apply Namespace//local-path-storage",
-        r"apply StorageClass//local-path",
         r"apply Deployment/local-path-storage/local-path-provisioner",
+        r"apply StorageClass//local-path",
         r"rollout deployment/local-path-provisioner",
         r"apply PersistentVolumeClaim/default/datacloud-probe-rwo-[0-9a-f]{8}",
         r"apply Pod/default/datacloud-probe-rwo-[0-9a-f]{8}",
@@ -672,6 +685,61 @@ def test_nothing_unquoted_reaches_the_node_shell(lab: Lab, env: dict[str, str], 
     assert json.loads(res.stdout) == [hostile, hostile[1] + hostile[3]]
     for i in range(1, 5):
         assert not lab.nodes[0].path(f"/tmp/pwned{i}").exists()
+
+
+def test_ceph_storage_stage_drives_rook_and_proves_both_classes(
+    lab: Lab, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Ceph path of the storage stage, step by step on the lab's cluster.
+
+    The lab nodes have no spare disks (preflight refuses a missing device), so the
+    DAG runs above use local-path; here only the storage stage's steps run, with an
+    inventory that gives every node a Ceph disk.
+    """
+    import yaml
+
+    from datacloud.stages._common import run_step
+
+    _remote_env(lab, env, monkeypatch)
+    inv = lab.inventory()
+    for node in inv["nodes"]:
+        node["memory_gb"] = 16
+        node["disks"] = [{"device": "/dev/vdb", "size_gb": 200, "use": "ceph"}]
+    inv["components"]["mongo"]["shards"] = 1
+    path = tmp_path / "inventory-ceph.yaml"
+    path.write_text(yaml.safe_dump(inv))
+    params = {"inventory": str(path)}
+    mark = len(lab.calls())
+    assert run_step("storage", "apply", params)["backend"] == "rook-ceph"
+    assert run_step("storage", "health", params)["health"] == "HEALTH_OK"
+    assert run_step("storage", "prove", params)["proven"] == ["rook-ceph-block", "rook-cephfs"]
+    ops = [op(c) for c in lab.calls()[mark:]]
+    in_order(
+        ops,
+        r"apply Namespace//rook-ceph",
+        r"helm rook-ceph",
+        r"rollout deployment/rook-ceph-operator",
+        r"apply CephCluster/rook-ceph/rook-ceph",
+        r"apply CephBlockPool/rook-ceph/replicapool",
+        r"apply StorageClass//rook-ceph-block",
+        r"apply StorageClass//rook-cephfs",
+        r"get cephcluster rook-ceph",
+        r"apply PersistentVolumeClaim/default/datacloud-probe-rwo-[0-9a-f]{8}",
+        r"wait pod datacloud-probe-rwo-[0-9a-f]{8}",
+        r"delete pod,persistentvolumeclaim datacloud-probe-rwo-[0-9a-f]{8}",
+        r"apply PersistentVolumeClaim/default/datacloud-probe-rwx-[0-9a-f]{8}",
+        r"wait pod datacloud-probe-rwx-[0-9a-f]{8}",
+        r"delete pod,persistentvolumeclaim datacloud-probe-rwx-[0-9a-f]{8}",
+    )
+    claim = json.loads(
+        next(
+            c["stdin"] for c in lab.calls()[mark:] if op(c).startswith("apply PersistentVolumeClaim/default/datacloud-probe-rwx")
+        )
+    )
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    mark = len(lab.calls())
+    assert run_step("storage", "apply", params)["changes"] == []  # converged: nothing applied, no chart upgraded
+    assert not [c for c in lab.calls()[mark:] if "apply" in c["argv"] or "upgrade" in c["argv"]]
 
 
 # --- 5. teardown -------------------------------------------------------------------------

@@ -495,6 +495,10 @@ def _with_status(obj, st):
         obj["status"] = _psmdb_status(obj, st)
     elif k == "SparkApplication":
         obj["status"] = _spark_status(obj, st)
+    elif k == "CephCluster":
+        # the Rook operator (a rook-ceph release in the namespace) reports the cluster's health
+        if any(r["namespace"] == ns for r in _releases_of("rook-ceph", st)):
+            obj["status"] = {"phase": "Ready", "ceph": {"health": "HEALTH_OK", "details": {}}}
     return obj
 
 
