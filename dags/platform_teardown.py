@@ -14,10 +14,10 @@ can build the cluster again.
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag
+from airflow.sdk import dag
 
 from datacloud.dag_defaults import DEFAULT_ARGS, START
-from datacloud.stages._dag import nodes_pool_task, stage_group
+from datacloud.stages._dag import nodes_pool_task, stage_group, teardown_params
 
 
 @dag(
@@ -29,13 +29,7 @@ from datacloud.stages._dag import nodes_pool_task, stage_group
     default_args=DEFAULT_ARGS,
     tags=["datacloud", "destructive"],
     doc_md=__doc__,
-    params={
-        "inventory": Param(
-            "inventory.yaml", type="string", minLength=1, maxLength=256, pattern=r"^(?!.*\.\.)/?[A-Za-z0-9_][A-Za-z0-9_./-]*$"
-        ),
-        "confirm": Param("", type="string", title="Type the cluster name to confirm", maxLength=63),
-        "dry_run": Param(False, type="boolean", title="Dry run"),
-    },
+    params=teardown_params(),
 )
 def platform_teardown():
     nodes_pool_task() >> stage_group("teardown")

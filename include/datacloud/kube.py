@@ -16,7 +16,8 @@ API for stages (``ctx.kube()`` gives one, see ``datacloud.stages``)::
     kube.kubectl("label", "node", name, "x=y")   # anything else, quoted word by word
 
 With ``dry_run=True`` nothing is changed: ``apply`` reports what differs
-(``kubectl diff``), ``helm_upgrade`` reports whether the release differs.
+(``kubectl diff``; an object whose namespace or CRD the run would create
+first counts as "would create"), ``helm_upgrade`` reports whether the release differs.
 Outputs that may contain secrets (``get_json``, helm values) are not logged.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,8 @@ from datacloud.remote import CommandError, Remote, Result
 log = logging.getLogger(__name__)
 
 ADMIN_KUBECONFIG = "/etc/kubernetes/admin.conf"
+# kubectl diff's answer for an object whose namespace, or whose kind's CRD, does not exist yet
+_NOT_THERE_YET = re.compile(r'namespaces "[^"]+" not found|no matches for kind|ensure CRDs are installed first')
 FIELD_MANAGER = "datacloud"
 
 
@@ -160,6 +164,11 @@ class Kube:
             )
             if diff.rc == 0:
                 result.unchanged.append(oid)
+                continue
+            if diff.rc != 1 and self.dry_run and _NOT_THERE_YET.search(diff.stderr):
+                # a dry run: the namespace or CRD the run itself would create first is missing
+                result.changed.append(oid)
+                log.info("Kubernetes | Apply | would create %s (%s)", oid, diff.stderr.strip().splitlines()[0])
                 continue
             if diff.rc != 1:
                 raise CommandError(self.remote.node.name, f"kubectl diff {oid}", diff)

@@ -19,11 +19,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from tests.lab.lab import Lab
+from tests.helpers.mongos_double import MemberDouble, MongosDouble, ScramServer
+from tests.lab.lab import Lab, free_port_on
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -51,8 +53,79 @@ def lab(workdir: Path):
     assert lab.leftovers() == []
 
 
+class LabSecretPasswords(Mapping):
+    """user -> password, read when a client authenticates from the Secrets the mongo stage
+    generated into the kubectl double's store (the doubles accept exactly those)."""
+
+    def __init__(self, lab: Lab, users: dict[str, tuple[str, str]]) -> None:
+        self.lab, self.users = lab, users  # user -> (Secret name in namespace mongo, key)
+
+    def __getitem__(self, user: str) -> str:
+        secret, key = self.users[user]
+        obj = self.lab.cluster_state()["objects"].get(f"Secret/mongo/{secret}")
+        if obj is None:
+            raise KeyError(user)
+        return obj["stringData"][key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.users)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
 @pytest.fixture(scope="module")
-def env(lab: Lab, workdir: Path) -> dict[str, str]:
+def mongos(lab: Lab) -> Iterator[MongosDouble]:
+    """The sharded cluster's mongos and shard members cannot run here: mockupdb doubles stand in.
+
+    They listen on the lab bridge's address, which the control plane reaches; the
+    kubectl double reports it as the mongos Service's ClusterIP and the members'
+    pod IP (addresses.json), so the mongo stage's sharding step runs unchanged:
+    an SSH forward from n1, SCRAM-SHA-256 with the generated passwords, the real
+    pymongo command flow. mongos must be on 27017 (the stage's port); the members
+    are on free ports named in listShards.
+    """
+    from mockupdb import MockupDB
+
+    def serve(double: MongosDouble | MemberDouble, port: int) -> None:
+        double.server = MockupDB(port=port, auto_ismaster=True, max_wire_version=21)
+        double.server._address = (lab.host_address, port)  # mockupdb binds localhost otherwise
+        double.server.run()
+        double.server.autoresponds(double._handle)
+
+    monitor = LabSecretPasswords(lab, {"clusterMonitor": ("datacloud-mongo-users", "MONGODB_CLUSTER_MONITOR_PASSWORD")})
+    members = []
+    for i in range(2):  # components.mongo.shards of the lab inventory (the default)
+        m = MemberDouble(f"rs{i}")
+        serve(m, free_port_on(lab.host_address))
+        m.reset()
+        m.scram = ScramServer(monitor)
+        members.append(m)
+    double = MongosDouble()
+    double.reset(
+        shards=[
+            {
+                "_id": m.set_name,
+                "host": f"{m.set_name}/datacloud-mongo-{m.set_name}-0.datacloud-mongo-{m.set_name}.mongo.svc.cluster.local:"
+                f"{m.server.address[1]}",
+                "state": 1,
+            }
+            for m in members
+        ]
+    )
+    serve(double, 27017)
+    double.scram = ScramServer(LabSecretPasswords(lab, {"datacloud-admin": ("datacloud-mongo-admin", "password")}))
+    (lab.shared / "addresses.json").write_text(json.dumps({"mongos": lab.host_address, "pods": lab.host_address}))
+    try:
+        yield double
+    finally:
+        double.stop()
+        for m in members:
+            m.stop()
+
+
+@pytest.fixture(scope="module")
+def env(lab: Lab, workdir: Path, mongos: MongosDouble) -> dict[str, str]:
     home = workdir / "airflow"
     home.mkdir()
     dags = home / "dags"  # only the DAGs under test: dag.test() parses the whole folder
@@ -67,6 +140,8 @@ def env(lab: Lab, workdir: Path) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "PYTHONPATH": f"{ROOT}:{ROOT / 'include'}",
+        # the mongo stage stores datacloud_mongo with the `airflow` CLI of the worker's environment
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
     }
     e.pop("AIRFLOW_CONN_DATACLOUD_KUBE", None)
     subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=e, check=True, capture_output=True)
@@ -82,8 +157,9 @@ def run_dag(env: dict[str, str], dag_id: str, conf: dict) -> tuple[dict, str]:
         timeout=400,
     )
     out = proc.stdout + proc.stderr
-    logs = Path(env["AIRFLOW_HOME"]) / "runs"
-    logs.mkdir(exist_ok=True)
+    # DATACLOUD_LAB_LOG_DIR keeps the run logs after the test (the work folder is removed)
+    logs = Path(os.environ.get("DATACLOUD_LAB_LOG_DIR") or Path(env["AIRFLOW_HOME"]) / "runs")
+    logs.mkdir(parents=True, exist_ok=True)
     (logs / f"{time.time():.0f}-{dag_id}.log").write_text(out)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, f"run_dag.py printed no result:\n{out[-3000:]}"
@@ -124,6 +200,43 @@ def changed_files(before: dict, after: dict) -> dict[str, list[str]]:
     return out
 
 
+def op(call: dict) -> str:
+    """One kube-tool call in a few words: 'apply Kind/ns/name', 'helm RELEASE', 'rollout kind/name',
+    'wait kind name', 'delete kinds name', 'exec TARGET', 'raw PATH', 'get kind name'."""
+    argv = call["argv"][2:] if call["argv"][:1] == ["--kubeconfig"] else call["argv"]
+    if not argv:
+        return call["tool"]
+    words = [w for w in argv if not w.startswith("-")]
+    if call["tool"] == "helm":
+        return f"helm {argv[2]}" if argv[:2] == ["upgrade", "--install"] else f"helm-{argv[0]}"
+    if call["tool"] != "kubectl":
+        return f"{call['tool']} {argv[0]}"
+    if argv[0] == "apply":
+        d = json.loads(call["stdin"])
+        return f"apply {d['kind']}/{d['metadata'].get('namespace', '')}/{d['metadata']['name']}"
+    if argv[0] == "rollout":
+        return f"rollout {words[2]}"
+    if argv[0] == "exec":
+        head = argv[: argv.index("--")] if "--" in argv else argv
+        skip = {i + 1 for i, w in enumerate(head) if w in ("--namespace", "-n", "--container", "-c")}
+        target = [w for i, w in enumerate(head[1:], 1) if i not in skip and not w.startswith("-")]
+        return f"exec {target[0] if target else ''}"
+    if argv[0] == "get" and "--raw" in argv:
+        return "raw " + argv[argv.index("--raw") + 1]
+    return " ".join(words[:3])
+
+
+def in_order(ops: list[str], *patterns: str) -> list[int]:
+    """Indices of the first op matching each regex, each after the one before; fails naming the first missing."""
+    at, found = -1, []
+    for pattern in patterns:
+        i = next((i for i in range(at + 1, len(ops)) if re.fullmatch(pattern, ops[i])), None)
+        assert i is not None, f"no {pattern!r} after {ops[at] if at >= 0 else 'the start'} in {ops}"
+        found.append(i)
+        at = i
+    return found
+
+
 def conf(lab: Lab, **kw) -> dict:
     return {"inventory": str(lab.inventory_path), **kw}
 
@@ -139,6 +252,16 @@ def test_dry_run_changes_nothing(lab: Lab, env: dict[str, str]) -> None:
     assert lab.calls() == []  # no kube tool was even installed, let alone called
     assert "would install kubelet=1.34.2-1.1 kubeadm=1.34.2-1.1 kubectl=1.34.2-1.1" in out
     assert "would comment out swap entries in /etc/fstab" in out
+    for stage_step in (
+        "storage | apply",
+        "mongo | apply",
+        "mongo | sharding",
+        "spark | apply",
+        "jupyter | apply",
+        "monitoring | apply",
+    ):
+        assert f"{stage_step} | would change" in out, stage_step  # every later stage plans, none fails before the cluster exists
+    assert "would be written once the mongo stage created its monitor user" in out
     for node in lab.nodes:
         assert not node.path("/etc/containerd/config.toml").exists()
         assert "\n/swapfile" in node.path("/etc/fstab").read_text()
@@ -147,7 +270,7 @@ def test_dry_run_changes_nothing(lab: Lab, env: dict[str, str]) -> None:
 # --- 2. full run -------------------------------------------------------------------
 
 
-def test_full_run_prepares_nodes_and_drives_the_tools(lab: Lab, env: dict[str, str]) -> None:
+def test_full_run_prepares_nodes_and_drives_the_tools(lab: Lab, env: dict[str, str], mongos: MongosDouble) -> None:
     result, out = run_dag(env, "provision_platform", conf(lab))
     assert result["state"] == "success", out[-4000:]
     assert set(tis(result, "node_prep.prepare")) == {"n1", "n2", "n3"}  # one grid entry per node
@@ -212,7 +335,15 @@ def test_full_run_prepares_nodes_and_drives_the_tools(lab: Lab, env: dict[str, s
         ]  # the token is not on a command line
         assert not lab.nodes[int(worker[1]) - 1].path("/etc/datacloud/kubeadm-join.yaml").exists()
     helm = [i for i, c in enumerate(calls) if c["tool"] == "helm" and c["argv"][2:4] == ["upgrade", "--install"]]
-    assert len(helm) == 1
+    assert [calls[i]["argv"][4] for i in helm] == [
+        "tigera-operator",
+        "psmdb-operator-crds",
+        "psmdb-operator",
+        "spark-operator",
+        "jupyterhub",
+        "kube-prometheus-stack",
+        "headlamp",
+    ]  # each release once, the CNI first
     argv = calls[helm[0]]["argv"]
     assert argv[4:6] == ["tigera-operator", "tigera-operator"]
     assert argv[argv.index("--version") + 1] == "v3.31.2"
@@ -246,11 +377,101 @@ def test_full_run_prepares_nodes_and_drives_the_tools(lab: Lab, env: dict[str, s
     assert "verify | Summary" in out
     assert "CoreDNS: 2/2 ready" in out
 
+    # the later stages, in platform order, each in the order the real tools need:
+    # namespaces first, a chart before the objects of its CRDs, a rollout before what needs it
+    ops = [op(c) for c in calls]
+    storage = in_order(
+        ops,
+        r"apply Namespace//local-path-storage",
+        r"apply Deployment/local-path-storage/local-path-provisioner",
+        r"apply StorageClass//local-path",
+        r"rollout deployment/local-path-provisioner",
+        r"apply PersistentVolumeClaim/default/datacloud-probe-rwo-[0-9a-f]{8}",
+        r"apply Pod/default/datacloud-probe-rwo-[0-9a-f]{8}",
+        r"wait pod datacloud-probe-rwo-[0-9a-f]{8}",
+        r"get persistentvolumeclaim datacloud-probe-rwo-[0-9a-f]{8}",
+        r"delete pod,persistentvolumeclaim datacloud-probe-rwo-[0-9a-f]{8}",
+    )
+    mongo = in_order(
+        ops,
+        r"apply Namespace//mongo",
+        r"apply Secret/mongo/datacloud-mongo-keyfile",
+        r"apply Secret/mongo/datacloud-mongo-admin",
+        r"helm psmdb-operator-crds",
+        r"helm psmdb-operator",
+        r"rollout deployment/psmdb-operator",
+        r"apply PerconaServerMongoDB/mongo/datacloud-mongo",
+        r"get perconaservermongodb datacloud-mongo",
+        r"get service datacloud-mongo-mongos",
+    )
+    spark = in_order(
+        ops,
+        r"apply Namespace//spark-jobs",
+        r"apply PersistentVolumeClaim/spark-jobs/spark-events",
+        r"helm spark-operator",
+        r"apply ScheduledSparkApplication/spark-jobs/.+",
+        r"rollout deployment/spark-history-server",
+        r"apply SparkApplication/spark-jobs/datacloud-verify-.+",
+        r"get sparkapplication datacloud-verify-.+",
+        r"raw /api/v1/namespaces/spark-jobs/services/http:spark-history-server:18080/proxy/api/v1/applications",
+        r"delete sparkapplication datacloud-verify-.+",
+    )
+    jupyter = in_order(
+        ops,
+        r"apply Namespace//jupyter",
+        r"apply Secret/jupyter/notebook-mongo",
+        r"helm jupyterhub",
+        r"rollout deployment/hub",
+        r"rollout deployment/proxy",
+        r"apply Secret/jupyter/jupyterhub-admin",
+        r"exec deploy/hub",
+        r"exec deploy/hub",
+    )
+    monitoring = in_order(
+        ops,
+        r"apply Namespace//monitoring",
+        r"apply Secret/monitoring/mongodb-exporter",
+        r"helm kube-prometheus-stack",
+        r"apply Deployment/monitoring/mongodb-exporter-mongos",
+        r"apply ServiceMonitor/monitoring/mongodb-exporter",
+        r"apply PrometheusRule/monitoring/.+",
+        r"helm headlamp",
+        r"rollout deployment/mongodb-exporter-rs1",
+        r"exec prometheus-kube-prometheus-stack-prometheus-0",
+    )
+    assert storage[-1] < mongo[0] and mongo[-1] < spark[0] and spark[-1] < jupyter[0] and jupyter[-1] < monitoring[0]
+    assert not [o for o in ops if "rook-ceph" in o or "CephCluster" in o]  # no Ceph disks in the lab: local-path
+    objects = lab.cluster_state()["objects"]
+    assert not [k for k in objects if "datacloud-probe-" in k or "datacloud-verify-" in k]  # the proofs cleaned up
+    # the sharding step through mongos (the mockupdb double, over an SSH forward from n1)
+    writes = [(c.name, c.doc.get(c.name)) for c in mongos.writes()]
+    assert writes == [
+        ("enableSharding", "datacloud"),
+        ("shardCollection", "datacloud.flights"),
+        ("shardCollection", "datacloud.daily_delay_stats"),
+        ("createIndexes", "flights"),
+        ("createIndexes", "flights"),
+    ]
+    assert "mongo | sharding | changed 5 thing(s)" in out
+    mongo_conn = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "connections", "get", "datacloud_mongo", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stored = json.loads(mongo_conn.stdout)[0]
+    app_password = objects["Secret/mongo/datacloud-mongo-app"]["stringData"]["password"]
+    assert (stored["login"], stored["password"], stored["schema"]) == ("datacloud", app_password, "datacloud")
+    assert app_password not in out
+
 
 # --- 3. second run, with a node's sshd killed in the middle of its task ----------------------
 
 
-def test_second_run_unchanged_everywhere_even_after_sshd_killed_mid_task(lab: Lab, env: dict[str, str]) -> None:
+def test_second_run_unchanged_everywhere_even_after_sshd_killed_mid_task(
+    lab: Lab, env: dict[str, str], mongos: MongosDouble
+) -> None:
     before, calls_before = snapshot(lab), len(lab.calls())
     n2 = lab.nodes[1]
     killed = threading.Event()
@@ -303,19 +524,43 @@ def test_second_run_unchanged_everywhere_even_after_sshd_killed_mid_task(lab: La
         "kubernetes | n2",
         "kubernetes | n3",
         "network | install",
+        "storage | apply",
+        "storage | prove",
+        "mongo | apply",
+        "mongo | ready",
+        "mongo | sharding",
+        "mongo | connection",
+        "spark | apply",
+        "spark | verify",
+        "jupyter | apply",
+        "jupyter | admin",
+        "jupyter | verify",
+        "monitoring | apply",
+        "monitoring | verify",
         "verify | summary",
     ):
         assert f"{stage_step} | unchanged" in out, stage_step
     new = lab.calls()[calls_before:]
+
+    def proof(c: dict) -> bool:
+        """The per-run proofs: a storage probe and a Spark application, created and deleted by the run."""
+        return "apply" in c["argv"] and re.search(r'"name": "datacloud-(probe-rwo-|verify-)', c["stdin"]) is not None
+
     mutating = [
         c
         for c in new
         if (c["tool"], c["argv"][0] if c["argv"] else "") in {("kubeadm", "init"), ("kubeadm", "join")}
         or "upgrade" in c["argv"]
-        or "apply" in c["argv"]
+        or ("apply" in c["argv"] and not proof(c))
         or ("token" in c["argv"] and "create" in c["argv"])
     ]
     assert mutating == []
+    ops = [op(c) for c in new]
+    assert len([o for o in ops if o.startswith("apply ")]) == 3  # the probe's claim and pod, the Spark application
+    in_order(ops, r"apply PersistentVolumeClaim/default/datacloud-probe-rwo-.+", r"delete pod,persistentvolumeclaim .+")
+    in_order(ops, r"apply SparkApplication/spark-jobs/datacloud-verify-.+", r"delete sparkapplication .+")
+    assert not [k for k in lab.cluster_state()["objects"] if "datacloud-probe-" in k or "datacloud-verify-" in k]
+    assert [c.name for c in mongos.writes()][5:] == []  # sharding and indexes exist: nothing sent that changes anything
 
 
 # --- 4. failures that the administrator fixes: no retries, one sentence --------------------------
@@ -442,6 +687,61 @@ def test_nothing_unquoted_reaches_the_node_shell(lab: Lab, env: dict[str, str], 
         assert not lab.nodes[0].path(f"/tmp/pwned{i}").exists()
 
 
+def test_ceph_storage_stage_drives_rook_and_proves_both_classes(
+    lab: Lab, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Ceph path of the storage stage, step by step on the lab's cluster.
+
+    The lab nodes have no spare disks (preflight refuses a missing device), so the
+    DAG runs above use local-path; here only the storage stage's steps run, with an
+    inventory that gives every node a Ceph disk.
+    """
+    import yaml
+
+    from datacloud.stages._common import run_step
+
+    _remote_env(lab, env, monkeypatch)
+    inv = lab.inventory()
+    for node in inv["nodes"]:
+        node["memory_gb"] = 16
+        node["disks"] = [{"device": "/dev/vdb", "size_gb": 200, "use": "ceph"}]
+    inv["components"]["mongo"]["shards"] = 1
+    path = tmp_path / "inventory-ceph.yaml"
+    path.write_text(yaml.safe_dump(inv))
+    params = {"inventory": str(path)}
+    mark = len(lab.calls())
+    assert run_step("storage", "apply", params)["backend"] == "rook-ceph"
+    assert run_step("storage", "health", params)["health"] == "HEALTH_OK"
+    assert run_step("storage", "prove", params)["proven"] == ["rook-ceph-block", "rook-cephfs"]
+    ops = [op(c) for c in lab.calls()[mark:]]
+    in_order(
+        ops,
+        r"apply Namespace//rook-ceph",
+        r"helm rook-ceph",
+        r"rollout deployment/rook-ceph-operator",
+        r"apply CephCluster/rook-ceph/rook-ceph",
+        r"apply CephBlockPool/rook-ceph/replicapool",
+        r"apply StorageClass//rook-ceph-block",
+        r"apply StorageClass//rook-cephfs",
+        r"get cephcluster rook-ceph",
+        r"apply PersistentVolumeClaim/default/datacloud-probe-rwo-[0-9a-f]{8}",
+        r"wait pod datacloud-probe-rwo-[0-9a-f]{8}",
+        r"delete pod,persistentvolumeclaim datacloud-probe-rwo-[0-9a-f]{8}",
+        r"apply PersistentVolumeClaim/default/datacloud-probe-rwx-[0-9a-f]{8}",
+        r"wait pod datacloud-probe-rwx-[0-9a-f]{8}",
+        r"delete pod,persistentvolumeclaim datacloud-probe-rwx-[0-9a-f]{8}",
+    )
+    claim = json.loads(
+        next(
+            c["stdin"] for c in lab.calls()[mark:] if op(c).startswith("apply PersistentVolumeClaim/default/datacloud-probe-rwx")
+        )
+    )
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    mark = len(lab.calls())
+    assert run_step("storage", "apply", params)["changes"] == []  # converged: nothing applied, no chart upgraded
+    assert not [c for c in lab.calls()[mark:] if "apply" in c["argv"] or "upgrade" in c["argv"]]
+
+
 # --- 5. teardown -------------------------------------------------------------------------
 
 
@@ -453,6 +753,7 @@ def test_kube_apply_reports_changed_then_unchanged_and_dry_run_applies_nothing(
     from datacloud.kube import Kube
 
     _remote_env(lab, env, monkeypatch)
+    mark = len(lab.calls())  # the lab is shared by the module: count only this test's calls
     inv = load_inventory(lab.inventory_path)
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe", "namespace": "default"}, "data": {"a": "1"}}
     with Kube(inv, dry_run=True) as kube:
@@ -467,7 +768,7 @@ def test_kube_apply_reports_changed_then_unchanged_and_dry_run_applies_nothing(
         assert kube.get_json("configmap", "missing", namespace="default") is None
         assert kube.exists("deployment", "coredns", namespace="kube-system")
         kube.rollout_status("deployment", "coredns", namespace="kube-system")
-    applies = [c for c in lab.calls() if c["tool"] == "kubectl" and "apply" in c["argv"]]
+    applies = [c for c in lab.calls()[mark:] if c["tool"] == "kubectl" and "apply" in c["argv"]]
     assert len(applies) == 1
     assert applies[0]["argv"][2:] == ["apply", "--server-side", "--field-manager", "datacloud", "--force-conflicts", "-f", "-"]
 

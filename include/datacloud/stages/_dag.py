@@ -58,20 +58,44 @@ def asset(stage: str) -> Asset:
     return Asset(f"datacloud://platform/{stage}")
 
 
+def _inventory_param(default_inventory: str) -> Param:
+    return Param(
+        default_inventory,
+        type="string",
+        title="Inventory file",
+        minLength=1,
+        maxLength=256,
+        pattern=r"^(?!.*\.\.)/?[A-Za-z0-9_][A-Za-z0-9_./-]*$",
+        description="Path of the inventory YAML; relative paths start at the project folder.",
+    )
+
+
+def teardown_params(default_inventory: str = "inventory.yaml") -> dict[str, Param]:
+    """Params of platform_teardown: every one with a type, a title and a description (the trigger form)."""
+    return {
+        "inventory": _inventory_param(default_inventory),
+        "confirm": Param(
+            "",
+            type="string",
+            title="Type the cluster name to confirm",
+            maxLength=63,
+            description="Must equal the inventory's cluster.name; anything else fails at once and changes nothing.",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Connect and log what would be removed from each node; remove nothing.",
+        ),
+    }
+
+
 def provision_params(default_inventory: str = "inventory.yaml") -> dict[str, Param]:
     from datacloud.inventory import K8S_VERSION
 
     stages = [s for s in STAGES if _steps(s)]
     return {
-        "inventory": Param(
-            default_inventory,
-            type="string",
-            title="Inventory file",
-            minLength=1,
-            maxLength=256,
-            pattern=r"^(?!.*\.\.)/?[A-Za-z0-9_][A-Za-z0-9_./-]*$",
-            description="Path of the inventory YAML; relative paths start at the project folder.",
-        ),
+        "inventory": _inventory_param(default_inventory),
         "stages": Param(
             stages,
             type="array",

@@ -229,6 +229,8 @@ def render(inv: Inventory) -> Rendered:
         stem: render_template(f"monitoring/{stem}.yaml.j2", **ctx)
         for stem in ("namespace", "networkpolicies", "mongodb-exporter", "monitors", "headlamp-rbac")
     }
+    if inv.storage_backend != "rook-ceph":  # no Ceph, no mgr to scrape
+        objects["monitors"] = [o for o in objects["monitors"] if o["metadata"]["name"] != "rook-ceph-mgr"]
     objects["rules"] = [prometheus_rule(inv)]
     objects["dashboards"] = dashboard_configmaps()
     return Rendered(objects=objects, releases=[kps_release(inv), headlamp_release(inv)])
@@ -242,6 +244,11 @@ SCRAPE_POOLS = (
     "podMonitor/monitoring/spark-operator",
     "serviceMonitor/monitoring/rook-ceph-mgr",
 )
+
+
+def scrape_pools(inv: Inventory) -> tuple[str, ...]:
+    """The pools verify waits for: the Ceph mgr's only where the storage stage installs Ceph."""
+    return tuple(p for p in SCRAPE_POOLS if inv.storage_backend == "rook-ceph" or not p.endswith("/rook-ceph-mgr"))
 
 
 def _outcome(step: str, changes: list[str], dry_run: bool, **facts: Any) -> dict[str, Any]:
@@ -260,7 +267,7 @@ def exporter_uris(inv: Inventory, password: str) -> dict[str, str]:
     return {f"uri-{t}": f"mongodb://{cred}@{mongo_service_host(t)}:{MONGO_PORT}/admin" for t in exporter_targets(inv)}
 
 
-def secrets_to_write(inv: Inventory, kube: Any) -> tuple[list[dict[str, Any]], list[str]]:
+def secrets_to_write(inv: Inventory, kube: Any, dry_run: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
     """Grafana's admin (generated once) and the exporters' URIs (from the mongo stage's monitor user)."""
     import secrets as pysecrets
 
@@ -279,6 +286,10 @@ def secrets_to_write(inv: Inventory, kube: Any) -> tuple[list[dict[str, Any]], l
         )
         notes.append(f"Secret {MONITORING_NS}/{GRAFANA_ADMIN_SECRET} generated (Grafana admin password)")
     password = secret_value(kube, MONGO_MONITOR_SECRET, MONGO_NS, "password")
+    if password is None and dry_run:
+        # a dry run before the mongo stage ever ran: that stage would create the monitor user first
+        notes.append(f"Secret {MONITORING_NS}/{EXPORTER_SECRET} would be written once the mongo stage created its monitor user")
+        return out, notes
     if password is None:
         raise UserError(f"Secret {MONGO_NS}/{MONGO_MONITOR_SECRET} does not exist; run the mongo stage before monitoring.")
     want = exporter_uris(inv, password)
@@ -302,10 +313,10 @@ def apply(ctx: Any) -> dict[str, Any]:
             changes.extend(f"{oid} applied" for oid in kube.apply(rendered.objects[stem]).changed)
 
     apply_stems("namespace", "networkpolicies")
-    objs, notes = secrets_to_write(inv, kube)
+    objs, notes = secrets_to_write(inv, kube, ctx.dry_run)
     if objs:
         kube.apply(objs)
-        changes.extend(notes)
+    changes.extend(notes)
     # The chart brings the CRDs of ServiceMonitor, PodMonitor and PrometheusRule.
     if kube.helm_upgrade(kps):
         changes.append(f"helm release {kps.name} {kps.chart} {kps.version} installed or upgraded")
@@ -358,7 +369,7 @@ def verify(ctx: Any, *, clock: Any = None, sleep: Any = None) -> dict[str, Any]:
 
     def targets_up() -> tuple[bool, str]:
         active = prom("/api/v1/targets?state=active")["data"]["activeTargets"]
-        for pool in SCRAPE_POOLS:
+        for pool in scrape_pools(ctx.inv):
             states = [t.get("health") for t in active if t.get("scrapePool", "").startswith(pool)]
             health[pool] = "up" if "up" in states else (states[0] if states else "no target")
         down = [p for p, h in health.items() if h != "up"]
