@@ -17,7 +17,7 @@ from __future__ import annotations
 from airflow.sdk import dag
 
 from datacloud.dag_defaults import DEFAULT_ARGS, START
-from datacloud.stages._dag import nodes_pool_task, stage_group, teardown_params
+from datacloud.stages._dag import stage_group, teardown_params
 
 
 @dag(
@@ -32,7 +32,7 @@ from datacloud.stages._dag import nodes_pool_task, stage_group, teardown_params
     params=teardown_params(),
 )
 def platform_teardown():
-    nodes_pool_task() >> stage_group("teardown")
+    stage_group("teardown")
 
 
 platform_teardown()

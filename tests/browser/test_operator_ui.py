@@ -135,7 +135,10 @@ def test_provision_platform_dry_run_against_the_lab(airflow_stack, airflow_api: 
 
 
 def test_etl_flights_daily_one_day(airflow_stack, airflow_api: AirflowAPI, run_ui):
-    """One day (2013-01-01) from the trigger form: logical date 2013-01-02 00:00 UTC covers that day; green."""
+    """One day (2013-06-15) from the trigger form: logical date 2013-06-16 00:00 UTC covers that day; green.
+
+    A day outside the first week: the e2e backfill shares this Airflow and loads 2013-01-01..03.
+    """
     airflow_api.wait_for_dag("etl_flights_daily")
     result = run_ui({
         "base_url": airflow_stack.airflow_url,
@@ -143,9 +146,9 @@ def test_etl_flights_daily_one_day(airflow_stack, airflow_api: AirflowAPI, run_u
         "password": airflow_stack.admin_password(),
         "dag_id": "etl_flights_daily",
         "timeout_s": 200,
-        "logical_date": {"date": "2013/01/02", "time": "00:00"},
+        "logical_date": {"date": "2013/06/16", "time": "00:00"},
         "params": [{"name": "max_rejected_share", "kind": "number", "value": 0.02}],
-        "task": {"task_id": "quality", "log_contains": ["Quality | 2013-01-01 passed"]},
+        "task": {"task_id": "quality", "log_contains": ["Quality | 2013-06-15 passed"]},
         "screenshots": {
             "form": str(IMG_DIR / "etl_flights_daily-trigger.png"),
             "grid": str(IMG_DIR / "etl_flights_daily-grid.png"),
@@ -155,7 +158,7 @@ def test_etl_flights_daily_one_day(airflow_stack, airflow_api: AirflowAPI, run_u
     assert result["conf"] == {"max_rejected_share": 0.02}
     run = airflow_api.run("etl_flights_daily", result["run_id"])
     assert run["state"] == "success"
-    assert run["logical_date"].startswith("2013-01-02T00:00:00")
+    assert run["logical_date"].startswith("2013-06-16T00:00:00")
     tis = airflow_api.task_instances("etl_flights_daily", result["run_id"])
     assert {t["task_id"]: t["state"] for t in tis} == {
         "land": "success", "ingest": "success", "transform": "success", "quality": "success", "publish": "success"}

@@ -320,8 +320,8 @@ def test_provision_platform_structure() -> None:
     prep = dag.get_task("node_prep.prepare")
     assert prep.pool == NODES_POOL
     assert prep.retries >= 2
-    assert all(t.trigger_rule == "none_failed" for t in dag.tasks if t.task_id != "nodes_pool")
-    assert dag.get_task("preflight.gather_nodes").upstream_task_ids == {"nodes_pool"}
+    assert all(t.trigger_rule == "none_failed" for t in dag.tasks)
+    assert dag.get_task("preflight.gather_nodes").upstream_task_ids == set()
     outlets = {str(o.uri) for t in dag.tasks for o in (t.outlets or [])}
     assert {f"datacloud://platform/{s}" for s in order} <= outlets
 
@@ -331,5 +331,5 @@ def test_platform_teardown_is_gated() -> None:
     assert "destructive" in dag.tags
     assert "confirm" in dag.params
     confirm = dag.get_task("teardown.confirm")
-    assert confirm.upstream_task_ids == {"nodes_pool"}
-    assert all(t.task_id in ("nodes_pool", "teardown.confirm") or t.upstream_task_ids for t in dag.tasks)
+    assert confirm.upstream_task_ids == set()
+    assert all(t.task_id == "teardown.confirm" or t.upstream_task_ids for t in dag.tasks)

@@ -11,47 +11,15 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, TaskGroup, chain, get_current_context, task
 
+from datacloud import config
 from datacloud.stages import STAGES, stage_module
 
-# Per-node tasks run in this pool; the first task of a run creates it when it is
-# missing (the scheduler never runs tasks of a pool that does not exist). An
-# administrator may resize it; max_active_tis_per_dagrun caps a run as well.
-NODES_POOL = "datacloud_nodes"
-MAX_PARALLEL_NODES = 10
-
-_ENSURE_POOL = """
-import sys
-from airflow.models.pool import Pool
-from airflow.utils.session import create_session
-name, slots = sys.argv[1], int(sys.argv[2])
-with create_session() as session:
-    if session.query(Pool).filter(Pool.pool == name).one_or_none() is None:
-        session.add(Pool(pool=name, slots=slots, description="datacloud: per-node provisioning tasks", include_deferred=False))
-        print("created")
-"""
-
-
-def _ensure_nodes_pool() -> str:
-    """Create the pool when missing (a child interpreter: task code has no ORM access in Airflow 3)."""
-    import logging
-    import subprocess
-    import sys
-
-    from datacloud.errors import TransientError
-
-    proc = subprocess.run(
-        [sys.executable, "-c", _ENSURE_POOL, NODES_POOL, str(MAX_PARALLEL_NODES)], capture_output=True, text=True, timeout=120
-    )
-    if proc.returncode != 0:
-        raise TransientError(f"creating the pool {NODES_POOL} failed: {(proc.stderr.strip().splitlines() or [''])[-1]}")
-    state = "created" if "created" in proc.stdout else "unchanged"
-    logging.getLogger(__name__).info("Pool | %s | %s", NODES_POOL, state)
-    return state
-
-
-def nodes_pool_task():
-    """The task that makes sure the nodes pool exists; runs before any per-node task."""
-    return task(task_id="nodes_pool", retry_delay=timedelta(seconds=5))(_ensure_nodes_pool)()
+# Per-node tasks run in this pool, capped per run as well. Task code has no
+# metadata-DB access in Airflow 3, so the pool is created outside the DAG:
+# `./dev up` does it through the REST API; on another Airflow run once
+# `airflow pools set datacloud_nodes 10 "datacloud per-node tasks"` (docs/operations.md).
+NODES_POOL = config.NODES_POOL
+MAX_PARALLEL_NODES = config.NODES_POOL_SLOTS
 
 
 def asset(stage: str) -> Asset:
@@ -112,8 +80,8 @@ def provision_params(default_inventory: str = "inventory.yaml") -> dict[str, Par
             description="Connect, gather facts and log what each stage would change; change nothing.",
         ),
         "kubernetes_version": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],  # optional: the form does not demand a value
             title="Kubernetes version",
             pattern=f"^(|{K8S_VERSION.pattern[1:-1]})$",
             description="Empty: the inventory's cluster.kubernetes_version.",
@@ -224,5 +192,5 @@ def stage_group(stage: str) -> TaskGroup | None:
 def stage_groups(stages: tuple[str, ...] = STAGES) -> list[TaskGroup]:
     """Every stage that has STEPS, as TaskGroups chained in platform order."""
     groups = [g for g in (stage_group(s) for s in stages) if g is not None]
-    chain(nodes_pool_task(), *groups)
+    chain(*groups)
     return groups
