@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -106,6 +107,7 @@ class Stack:
     def env(self) -> dict[str, str]:
         """Environment for Airflow and for shells (``./dev env`` prints it)."""
         mongo_conn = {"conn_type": "mongo", "host": "127.0.0.1", "port": self.mongo_port, "schema": config.MONGO_DATABASE}
+        api_conn = {"conn_type": "http", "host": self.airflow_url, "login": "admin", "password": self.ensure_admin_password()}
         spark_conn = {"conn_type": "spark", "host": "spark://127.0.0.1", "port": self.spark_port, "extra": {"deploy-mode": "client"}}
         env = {
             "AIRFLOW_HOME": str(self.airflow_home),
@@ -127,6 +129,8 @@ class Stack:
             "DATACLOUD_SPARK_MASTER": self.spark_master,
             "AIRFLOW_CONN_DATACLOUD_MONGO": json.dumps(mongo_conn),
             "AIRFLOW_CONN_DATACLOUD_SPARK": json.dumps(spark_conn),
+            # stages write the connections they create (datacloud_kube, datacloud_mongo) through the API
+            "AIRFLOW_CONN_DATACLOUD_AIRFLOW_API": json.dumps(api_conn),
             "SPARK_LOCAL_IP": "127.0.0.1",
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
@@ -304,6 +308,18 @@ class Stack:
             if self.stop(name):
                 stopped.append(name)
         return stopped
+
+    def ensure_admin_password(self) -> str:
+        """The local admin password, generated on first use into the file airflow standalone reads."""
+        try:
+            return self.admin_password()
+        except UserError:
+            self.airflow_home.mkdir(parents=True, exist_ok=True)
+            password = secrets.token_urlsafe(18)
+            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"admin": password}, f)
+            return password
 
     def admin_password(self) -> str:
         try:

@@ -13,12 +13,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shlex
-import subprocess
-import sys
 
 from datacloud import config
 from datacloud.errors import TransientError, UserError
@@ -51,22 +48,6 @@ def helm_env(inv: Inventory) -> dict[str, str]:
 
 # --- the admin kubeconfig as an Airflow connection --------------------------------
 
-_STORE_CONNECTION = """
-import json, sys
-from airflow.models import Connection
-from airflow.utils.session import create_session
-data = json.load(sys.stdin)
-with create_session() as session:
-    conn = session.query(Connection).filter(Connection.conn_id == data["conn_id"]).one_or_none()
-    if conn is None:
-        conn = Connection(conn_id=data["conn_id"], conn_type="kubernetes")
-        session.add(conn)
-    conn.conn_type = "kubernetes"
-    conn.description = data["description"]
-    conn.set_extra(json.dumps(data["extra"]))
-"""
-
-
 def stored_kubeconfig(conn_id: str = config.KUBE_CONN_ID) -> str | None:
     from airflow.sdk import BaseHook
 
@@ -78,22 +59,15 @@ def stored_kubeconfig(conn_id: str = config.KUBE_CONN_ID) -> str | None:
 
 
 def store_kubeconfig(kubeconfig: str, cluster: str, conn_id: str = config.KUBE_CONN_ID) -> None:
-    """Create or update the connection (kubernetes type, extra kube_config) in the metadata DB.
+    """Create or update the connection (kubernetes type, extra kube_config); see datacloud.connections."""
+    from datacloud import connections
 
-    Runs in a child interpreter with the worker's Airflow configuration: task
-    code has no ORM access in Airflow 3. The kubeconfig travels on stdin only.
-    """
-    payload = json.dumps(
-        {
-            "conn_id": conn_id,
-            "description": f"admin kubeconfig of cluster {cluster} (written by provision_platform)",
-            "extra": {"kube_config": kubeconfig},
-        }
+    connections.put(
+        conn_id,
+        "kubernetes",
+        description=f"admin kubeconfig of cluster {cluster} (written by provision_platform)",
+        extra={"kube_config": kubeconfig},
     )
-    proc = subprocess.run([sys.executable, "-c", _STORE_CONNECTION], input=payload, text=True, capture_output=True, timeout=120)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise TransientError(f"storing the connection {conn_id} failed: {tail}")
 
 
 def _mask(secret: str) -> None:

@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
-import os
 import secrets
-import subprocess
-import tempfile
 import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -368,20 +364,13 @@ def _current_fields(conn_id: str) -> dict[str, Any] | None:
 
 
 def _write_connection(conn_id: str, fields: dict[str, Any]) -> None:
-    """``airflow connections import --overwrite`` from a 0600 file that is deleted at once:
-    the password never appears on a command line or in a log."""
-    with tempfile.TemporaryDirectory(prefix="datacloud-conn-") as tmp:
-        path = os.path.join(tmp, "connection.json")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({conn_id: {**fields, "extra": json.dumps(fields.get("extra") or {})}}, f)
-        res = subprocess.run(
-            ["airflow", "connections", "import", "--overwrite", path], capture_output=True, text=True, check=False
-        )
-    if res.returncode != 0:
-        raise TransientError(
-            f"airflow connections import of {conn_id} failed: {(res.stderr.strip().splitlines() or ['no output'])[-1]}"
-        )
+    """Through datacloud.connections (the Airflow API, or the DB where a task may reach it)."""
+    from datacloud import connections
+
+    values = dict(fields)
+    conn_type = values.pop("conn_type")
+    extra = values.pop("extra", None) or {}
+    connections.put(conn_id, conn_type, extra=extra, **values)
 
 
 def step_connection(ctx: Any) -> dict[str, Any]:

@@ -8,10 +8,7 @@ connection ``datacloud_kube`` is removed.
 
 from __future__ import annotations
 
-import json
 import logging
-import subprocess
-import sys
 
 from datacloud import config
 from datacloud.errors import TransientError, UserError
@@ -19,17 +16,6 @@ from datacloud.inventory import Node
 from datacloud.stages._common import StageContext, Step, all_nodes, outcome
 
 log = logging.getLogger(__name__)
-
-_DELETE_CONNECTION = """
-import json, sys
-from airflow.models import Connection
-from airflow.utils.session import create_session
-conn_id = json.load(sys.stdin)
-with create_session() as session:
-    n = session.query(Connection).filter(Connection.conn_id == conn_id).delete()
-print(n)
-"""
-
 
 def confirm(ctx: StageContext) -> dict:
     name = ctx.inv.cluster.name
@@ -51,18 +37,9 @@ def verify(ctx: StageContext, results: list[dict]) -> dict:
         raise TransientError("still present: " + "; ".join(f"{n}: {files}" for n, files in sorted(left.items())))
     changes = []
     if not ctx.dry_run:
-        proc = subprocess.run(
-            [sys.executable, "-c", _DELETE_CONNECTION],
-            input=json.dumps(config.KUBE_CONN_ID),
-            text=True,
-            capture_output=True,
-            timeout=120,
-        )
-        if proc.returncode != 0:
-            raise TransientError(
-                f"removing the connection {config.KUBE_CONN_ID} failed: {(proc.stderr.strip().splitlines() or [''])[-1]}"
-            )
-        if proc.stdout.strip() not in ("", "0"):
+        from datacloud import connections
+
+        if connections.delete(config.KUBE_CONN_ID):
             changes.append(f"remove the Airflow connection {config.KUBE_CONN_ID}")
     log.info("teardown | Verify | %d node(s) clean", len(ctx.inv.nodes))
     return outcome("teardown", "verify", changes, ctx.dry_run)
