@@ -68,13 +68,14 @@ class AirflowAPI:
 
     def ensure_pool(self, name: str, slots: int, description: str) -> str:
         """Create the pool when missing; an existing pool (maybe resized by an admin) is left alone."""
+        body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
         try:
-            self._request("GET", f"/api/v2/pools/{urllib.parse.quote(name)}")
-            return "unchanged"
-        except UserError:
-            body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
             self._request("POST", "/api/v2/pools", body)
-            return "created"
+        except UserError as exc:
+            if " answered 409" in str(exc):  # it exists already
+                return "unchanged"
+            raise
+        return "created"
 
     def unpause(self, dag_id: str) -> None:
         self._request("PATCH", f"/api/v2/dags/{urllib.parse.quote(dag_id)}", {"is_paused": False})

@@ -75,11 +75,11 @@ def lab(tmp_path_factory):
 
 
 def test_provision_platform_dry_run_against_the_lab(airflow_stack, airflow_api: AirflowAPI, run_ui, lab):
-    # What an operator sets up once: the SSH connection and the per-node pool.
+    # What an operator sets up once: the SSH connection (the per-node pool comes with ./dev up).
     conn = {"connection_id": "datacloud_ssh", "conn_type": "ssh", "login": "datacloud",
             "extra": json.dumps({"key_file": str(lab.key_file)})}
     airflow_api._request("POST", "/api/v2/connections", conn)
-    airflow_api._request("POST", "/api/v2/pools", {"name": "datacloud_nodes", "slots": 8})
+    assert airflow_api.ensure_pool("datacloud_nodes", 10, "datacloud per-node tasks") == "unchanged"
     airflow_api.wait_for_dag("provision_platform")
     stages = ["preflight", "gateway", "node_prep", "kubernetes", "network", "verify"]
     try:
@@ -118,7 +118,6 @@ def test_provision_platform_dry_run_against_the_lab(airflow_stack, airflow_api: 
         assert not recorded.provisioned("node_prep")
     finally:
         airflow_api._request("DELETE", "/api/v2/connections/datacloud_ssh")
-        airflow_api._request("DELETE", "/api/v2/pools/datacloud_nodes")
         platform_state.forget(path=airflow_stack.data_dir / "platform" / "state.json")
 
     assert result["conf"]["dry_run"] is True
