@@ -7,6 +7,7 @@ session gets its own data folder and ports, so tests can run while
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -123,6 +124,10 @@ def airflow_env(airflow_db: Path, ferretdb: Stack, monkeypatch: pytest.MonkeyPat
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_TEST_HOME, ignore_errors=True)
+    # py4j logs from finalizers at interpreter exit, after pytest closed its streams;
+    # keep the summary line the last thing a reader (or CI) sees.
+    logging.getLogger("py4j").setLevel(logging.CRITICAL)
+    logging.raiseExceptions = False
 
 
 def pytest_report_header(config: pytest.Config) -> str:
