@@ -31,20 +31,22 @@ import json, sys
 from airflow.models import Connection
 from airflow.utils.session import create_session
 data = json.load(sys.stdin)
+done = 0
 with create_session() as session:
     conn = session.query(Connection).filter(Connection.conn_id == data["conn_id"]).one_or_none()
     if data["delete"]:
-        print(0 if conn is None else 1)
         if conn is not None:
             session.delete(conn)
-        sys.exit(0)
-    if conn is None:
-        conn = Connection(conn_id=data["conn_id"], conn_type=data["fields"]["conn_type"])
-        session.add(conn)
-    for key, value in data["fields"].items():
-        setattr(conn, key, value)
-    conn.set_extra(json.dumps(data["extra"]))
-    print(1)
+            done = 1
+    else:
+        if conn is None:
+            conn = Connection(conn_id=data["conn_id"], conn_type=data["fields"]["conn_type"])
+            session.add(conn)
+        for key, value in data["fields"].items():
+            setattr(conn, key, value)
+        conn.set_extra(json.dumps(data["extra"]))
+        done = 1
+print(done)
 """
 
 

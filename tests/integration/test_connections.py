@@ -24,8 +24,9 @@ def test_put_replace_delete_through_the_api(airflow_stack, airflow_api, monkeypa
 
 
 def test_without_the_api_connection_the_db_path_says_what_to_create(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AIRFLOW_CONN_DATACLOUD_AIRFLOW_API", raising=False)
+    monkeypatch.setattr(connections, "_api", lambda: None)  # no datacloud_airflow_api connection
     # a task process in Airflow 3: the DB URL is not usable
     monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "airflow-db-not-allowed:///")
     with pytest.raises(Exception, match="create the connection datacloud_airflow_api"):
         connections.put("datacloud_probe", "kubernetes", extra={})
+
