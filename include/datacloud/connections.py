@@ -50,20 +50,37 @@ print(done)
 """
 
 
-def _api():
-    """An AirflowAPI client from the datacloud_airflow_api connection, or None when it is not defined."""
+def get(conn_id: str) -> dict[str, Any] | None:
+    """A connection's fields (conn_type, host, port, login, password, schema, extra), or None when it is not defined."""
     from airflow.sdk import BaseHook
 
-    from datacloud.api import AirflowAPI
-
     try:
-        conn = BaseHook.get_connection(API_CONN_ID)
+        conn = BaseHook.get_connection(conn_id)
     except Exception:  # noqa: BLE001 - "not found" has several exception types across secrets backends
         return None
-    base = conn.host or ""
+    return {
+        "conn_type": conn.conn_type,
+        "host": conn.host,
+        "port": conn.port,
+        "login": conn.login,
+        "password": conn.password,
+        "schema": conn.schema,
+        "extra": conn.extra_dejson,
+    }
+
+
+def _api():
+    """An AirflowAPI client from the datacloud_airflow_api connection, or None when it is not defined."""
+    from datacloud.api import AirflowAPI
+
+    conn = get(API_CONN_ID)
+    if conn is None:
+        return None
+    base = conn["host"] or ""
     if "://" not in base:
-        base = f"http://{base}{f':{conn.port}' if conn.port else ''}"
-    return AirflowAPI(base, conn.login or "", conn.password or "")
+        port = conn["port"]
+        base = f"http://{base}{f':{port}' if port else ''}"
+    return AirflowAPI(base, conn["login"] or "", conn["password"] or "")
 
 
 def _db(conn_id: str, fields: dict[str, Any] | None, extra: dict[str, Any] | None) -> int:

@@ -49,13 +49,10 @@ def helm_env(inv: Inventory) -> dict[str, str]:
 # --- the admin kubeconfig as an Airflow connection --------------------------------
 
 def stored_kubeconfig(conn_id: str = config.KUBE_CONN_ID) -> str | None:
-    from airflow.sdk import BaseHook
+    from datacloud import connections
 
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except Exception:  # noqa: BLE001 - any "not found" flavour of the secrets backends
-        return None
-    return (conn.extra_dejson or {}).get("kube_config")
+    conn = connections.get(conn_id)
+    return None if conn is None else (conn["extra"] or {}).get("kube_config")
 
 
 def store_kubeconfig(kubeconfig: str, cluster: str, conn_id: str = config.KUBE_CONN_ID) -> None:

@@ -346,21 +346,9 @@ def publish_connection(
 
 
 def _current_fields(conn_id: str) -> dict[str, Any] | None:
-    from airflow.sdk import BaseHook
+    from datacloud import connections
 
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except Exception:  # noqa: BLE001 - "not found" has several exception types across Airflow versions
-        return None
-    return {
-        "conn_type": conn.conn_type,
-        "host": conn.host,
-        "port": conn.port,
-        "login": conn.login,
-        "password": conn.password,
-        "schema": conn.schema,
-        "extra": conn.extra_dejson,
-    }
+    return connections.get(conn_id)
 
 
 def _write_connection(conn_id: str, fields: dict[str, Any]) -> None:
