@@ -36,6 +36,7 @@ apt_packages=(
   nodejs npm                      # playwright-core for the browser tests
   maven                           # MongoDB Spark connector jars
   openjdk-17-jre-headless         # Spark 4 runs on Java 17
+  docker-registry busybox-static containerd runc  # lab image mirror (tests/lab/mirror.py) and its pull test
 )
 missing=()
 for p in "${apt_packages[@]}"; do
