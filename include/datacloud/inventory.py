@@ -69,6 +69,15 @@ class Network(_Model):
     public_interface: str = "eth0"
     own_uplink: bool = False
     dns_servers: list[ipaddress.IPv4Address] = Field(default_factory=list)
+    # The CNI: Calico (tigera-operator; enforces NetworkPolicy) or flannel with
+    # the CNI reference plugins, plus SIG Network's kube-network-policies agent
+    # for NetworkPolicy (flannel alone enforces none).
+    cni: Literal["calico", "flannel"] = "calico"
+    flannel_backend: Literal["vxlan", "host-gw"] = "vxlan"
+    # flannel only: run kube-network-policies. It needs the kernel's nftables
+    # queue support (CONFIG_NFT_QUEUE); without the agent NetworkPolicies are
+    # accepted by the API but NOT enforced (preflight warns).
+    network_policy_agent: bool = True
 
     @field_validator("public_interface")
     @classmethod
@@ -106,6 +115,14 @@ class Packages(_Model):
     suite: str = "./"
     components: list[str] = Field(default_factory=list)
     trusted: bool = False  # [trusted=yes]: an unsigned repository on your own network
+    # One Helm chart repository that mirrors every chart the platform installs
+    # (None: each chart's upstream repository, reached through the gateway).
+    chart_repository: str | None = None
+
+    @field_validator("chart_repository")
+    @classmethod
+    def _charts(cls, v: str | None) -> str | None:
+        return None if v is None else _check(REPO_URL, v, "an http(s) URL like http://10.0.0.1:8879")
 
     @field_validator("repository")
     @classmethod
@@ -122,6 +139,60 @@ class Packages(_Model):
     def _components(cls, v: list[str]) -> list[str]:
         for c in v:
             _check(APT_WORD, c, "an apt component like main")
+        return v
+
+
+REGISTRY_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*(:[0-9]{1,5})?$")
+IMAGE_REPOSITORY = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,252})(:[0-9]{1,5})?(/[a-z0-9]([a-z0-9._-]{0,126}))*$")
+PREFLIGHT_CHECK = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+class KubernetesSettings(_Model):
+    """How kubeadm, kubelet and kube-proxy run on the nodes.
+
+    The defaults are right for real machines (systemd, cgroup v2, a writable
+    conntrack table). Each other value exists for a kind of host; see
+    docs/operations.md ("Node runtime settings").
+    """
+
+    cgroup_driver: Literal["systemd", "cgroupfs"] = "systemd"  # cgroupfs: nodes without systemd as init
+    allow_cgroup_v1: bool = False  # kubelet failCgroupV1: false (1.35+ refuse cgroup v1 hosts)
+    per_node_cgroup_root: bool = False  # kubelet --cgroup-root=/datacloud-<cluster>-<node> (nodes sharing a kernel)
+    kube_proxy_conntrack_max_per_core: int | None = Field(default=None, ge=0, le=1_000_000)  # 0: keep the kernel's
+    ignore_preflight_errors: list[str] = Field(default_factory=list, max_length=20)  # kubeadm checks, e.g. SystemVerification
+    image_repository: str | None = None  # kubeadm imageRepository (a private registry holding the control-plane images)
+
+    @field_validator("ignore_preflight_errors")
+    @classmethod
+    def _checks(cls, v: list[str]) -> list[str]:
+        for c in v:
+            _check(PREFLIGHT_CHECK, c, "a kubeadm preflight check name like SystemVerification")
+        return v
+
+    @field_validator("image_repository")
+    @classmethod
+    def _repo(cls, v: str | None) -> str | None:
+        return None if v is None else _check(IMAGE_REPOSITORY, v, "an image repository like registry.example.lan:5000/k8s")
+
+
+class ContainerdSettings(_Model):
+    """containerd on every node."""
+
+    # The kernel refuses to let runc lower oom_score_adj (no CAP_SYS_RESOURCE, e.g. in some VMs/containers).
+    restrict_oom_score_adj: bool = False
+    # upstream registry -> mirror URLs tried in order before it (hosts.toml); a URL
+    # with a path is the registry API root itself (containerd's override_path).
+    registry_mirrors: dict[str, list[str]] = Field(default_factory=dict, max_length=20)
+
+    @field_validator("registry_mirrors")
+    @classmethod
+    def _mirrors(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for host, urls in v.items():
+            _check(REGISTRY_HOST, host, "a registry host like registry.k8s.io or docker.io")
+            if not isinstance(urls, list) or not 1 <= len(urls) <= 5:
+                raise ValueError(f"registry_mirrors.{host} must list 1 to 5 mirror URLs")
+            for u in urls:
+                _check(REPO_URL, u, "a mirror URL like http://10.0.0.1:5000 or http://10.0.0.1:5000/v2/registry.k8s.io")
         return v
 
 
@@ -298,6 +369,8 @@ class Inventory(_Model):
     network: Network = Field(default_factory=Network)
     ssh: Ssh = Field(default_factory=Ssh)
     packages: Packages = Field(default_factory=Packages)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    containerd: ContainerdSettings = Field(default_factory=ContainerdSettings)
     nodes: list[Node] = Field(min_length=1, max_length=100)
     components: Components = Field(default_factory=Components)
 
@@ -418,10 +491,21 @@ class Inventory(_Model):
                 f"storage: {disks} Ceph disk(s) on {len(self.ceph_nodes)} node(s) is fewer than 3 disks on 3 nodes, "
                 "so storage falls back to the local-path provisioner (no replication, RWX unavailable)"
             )
+        if self.network.cni == "flannel" and not self.network.network_policy_agent:
+            out.append(
+                "network: flannel without the network policy agent enforces no NetworkPolicy; "
+                "the platform's default-deny policies are accepted but have no effect"
+            )
         unused = [n.name for n in self.nodes if any(d.use == "ceph" for d in n.disks) and not n.schedulable]
         if unused:
             out.append(f"storage: Ceph disks on {', '.join(unused)} are not used because those nodes run no workloads")
         return out
+
+    def cgroup_root(self, node: Node) -> str | None:
+        """kubelet's --cgroup-root for this node, when the inventory asks for one per node."""
+        if not self.kubernetes.per_node_cgroup_root:
+            return None
+        return f"/datacloud-{self.cluster.name}-{node.name}"
 
     @property
     def mon_count(self) -> int:

@@ -59,6 +59,11 @@ def object_id(obj: dict[str, Any]) -> str:
     return f"{obj.get('kind', '?')}/{(ns + '/') if ns else ''}{meta.get('name', '?')}"
 
 
+def chart_repository(inv: Inventory, release) -> str:
+    """Where a release's chart comes from: the inventory's chart mirror, else the chart's upstream repository."""
+    return inv.packages.chart_repository or release.repo
+
+
 class Kube:
     """kubectl and helm on the control plane."""
 
@@ -208,10 +213,11 @@ class Kube:
         if self.dry_run:
             log.info("Helm | %s | would install or upgrade to %s %s", release.name, release.chart, release.version)
             return True
-        if release.repo.startswith("oci://"):
-            chart_args = [f"{release.repo.rstrip('/')}/{release.chart}"]
+        repo = chart_repository(self.inv, release)
+        if repo.startswith("oci://"):
+            chart_args = [f"{repo.rstrip('/')}/{release.chart}"]
         else:
-            chart_args = [release.chart, "--repo", release.repo]
+            chart_args = [release.chart, "--repo", repo]
         log.info("Helm | %s | upgrade --install %s %s in %s", release.name, release.chart, release.version, release.namespace)
         res = self.helm(
             "upgrade",

@@ -9,6 +9,10 @@
 #   SANDBOX_IMAGE      e.g. registry.k8s.io/pause:3.10.1
 #   APT_SOURCE         the complete apt source line of the package repository
 #   APT_KEY_URL        key of that repository (empty: none, or trusted)
+#   CGROUP_DRIVER      systemd | cgroupfs (containerd's runc SystemdCgroup follows it)
+#   RESTRICT_OOM_SCORE_ADJ  1: containerd's CRI restrict_oom_score_adj (no CAP_SYS_RESOURCE)
+#   REGISTRY_MIRRORS   one line per upstream registry: "HOST URL [URL...]" (hosts.toml files)
+#   CGROUP_ROOT        kubelet's per-node cgroup root (empty: none), created in every v1 hierarchy
 # shellcheck shell=bash
 # (lib.sh is prepended by datacloud.remote: log, fact, change, ensure_file, pkg_version)
 : "${K8S_PKG_VERSION:?}" "${SANDBOX_IMAGE:?}" "${APT_SOURCE:?}"
@@ -103,12 +107,48 @@ for p in "${want_k8s[@]}"; do
 done
 [ "${#hold[@]}" -eq 0 ] || apt-mark hold "${hold[@]}" >/dev/null
 
-# --- containerd configuration: systemd cgroups, pinned sandbox image -------------------
+# --- containerd configuration: cgroup driver, pinned sandbox image, registry mirrors ----
+CGROUP_DRIVER="${CGROUP_DRIVER:-systemd}" RESTRICT_OOM_SCORE_ADJ="${RESTRICT_OOM_SCORE_ADJ:-0}"
+REGISTRY_MIRRORS="${REGISTRY_MIRRORS:-}" CGROUP_ROOT="${CGROUP_ROOT:-}"
+HOSTS_DIR=/etc/containerd/certs.d
+MANAGED="# managed by datacloud node_prep"
+# hosts.toml per upstream registry: the mirrors first, the registry itself last.
+upstream_server() {
+  case "$1" in
+    docker.io) echo "https://registry-1.docker.io" ;;
+    *) echo "https://$1" ;;
+  esac
+}
+mirrored=()
+while read -r host urls; do
+  [ -n "$host" ] || continue
+  mirrored+=("$host")
+  toml="$MANAGED"$'\n'"server = \"$(upstream_server "$host")\""
+  for url in $urls; do
+    toml+=$'\n\n'"[host.\"$url\"]"$'\n'"  capabilities = [\"pull\", \"resolve\"]"
+    path="${url#*://}"; path="${path#*/}"
+    # a URL with a path is the registry API root itself (…/v2/<upstream>)
+    [ "$path" != "${url#*://}" ] && toml+=$'\n'"  override_path = true"
+  done
+  ensure_file "$HOSTS_DIR/$host/hosts.toml" "$toml"
+done <<<"$REGISTRY_MIRRORS"
+for f in "$HOSTS_DIR"/*/hosts.toml; do
+  if ! { [ -f "$f" ] && head -n 1 "$f" | grep -qxF "$MANAGED"; }; then continue; fi
+  host=$(basename "$(dirname "$f")")
+  if ! printf '%s\n' "${mirrored[@]+"${mirrored[@]}"}" | grep -qxF "$host"; then
+    change "remove the mirror settings of $host ($f)" && rm -rf "$(dirname "$f")"
+  fi
+done
 if command -v containerd >/dev/null; then
+  systemd_cgroup=false; [ "$CGROUP_DRIVER" = systemd ] && systemd_cgroup=true
+  restrict=false; [ "$RESTRICT_OOM_SCORE_ADJ" = 1 ] && restrict=true
   want_cfg=$(containerd config default \
-    | sed -E -e 's/^([[:space:]]*SystemdCgroup = ).*/\1true/' \
-             -e "s|^([[:space:]]*sandbox_image = ).*|\\1\"$SANDBOX_IMAGE\"|")
-  grep -q 'SystemdCgroup = true' <<<"$want_cfg" || die "containerd config default has no SystemdCgroup setting to turn on"
+    | sed -E -e "s/^([[:space:]]*SystemdCgroup = ).*/\\1$systemd_cgroup/" \
+             -e "s|^([[:space:]]*sandbox_image = ).*|\\1\"$SANDBOX_IMAGE\"|" \
+             -e "s/^([[:space:]]*restrict_oom_score_adj = ).*/\\1$restrict/" \
+             -e "/registry\\]\$/,/^[[:space:]]*\\[/ s|^([[:space:]]*config_path = ).*|\\1\"$HOSTS_DIR\"|")
+  grep -q "SystemdCgroup = $systemd_cgroup" <<<"$want_cfg" || die "containerd config default has no SystemdCgroup setting to set"
+  grep -q "config_path = \"$HOSTS_DIR\"" <<<"$want_cfg" || die "containerd config default has no registry config_path setting to set"
   before=$(cat /etc/containerd/config.toml 2>/dev/null || true)
   ensure_file /etc/containerd/config.toml "$want_cfg"
   if [ "$before" != "$want_cfg" ] && [ "$DRY_RUN" != 1 ]; then
@@ -121,6 +161,16 @@ if command -v containerd >/dev/null; then
   fi
 else
   log "containerd | not installed yet (dry run)"
+fi
+
+# --- kubelet's own cgroup root (nodes that share one kernel) ----------------------
+if [ -n "$CGROUP_ROOT" ] && [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  [ -d "/sys/fs/cgroup$CGROUP_ROOT" ] || { change "create the cgroup $CGROUP_ROOT" && mkdir -p "/sys/fs/cgroup$CGROUP_ROOT"; }
+elif [ -n "$CGROUP_ROOT" ]; then
+  for h in /sys/fs/cgroup/*/; do
+    case "$h" in */unified/|*/systemd/) continue ;; esac
+    [ -d "$h${CGROUP_ROOT#/}" ] || { change "create the cgroup $h${CGROUP_ROOT#/}" && mkdir -p "$h${CGROUP_ROOT#/}"; }
+  done
 fi
 if [ -d /run/systemd/system ] && [ -n "$(pkg_version kubelet)" ] && ! systemctl is-enabled -q kubelet 2>/dev/null; then
   change "enable the kubelet service" && systemctl enable kubelet

@@ -138,7 +138,9 @@ def join(ctx: StageContext, node: Node) -> dict:
         ).stdout.strip()
     endpoint, token, ca_hash = parse_join_command(line)
     _mask(token)
-    join_config = render_text("kubernetes/kubeadm-join.yaml", endpoint=endpoint, token=token, ca_hash=ca_hash, node=node)
+    join_config = render_text(
+        "kubernetes/kubeadm-join.yaml", inv=inv, endpoint=endpoint, token=token, ca_hash=ca_hash, node=node
+    )
     with ctx.remote(node) as r:
         res = r.script(
             "kubeadm-join.sh",

@@ -1,9 +1,14 @@
-"""network: the CNI — Calico through the tigera-operator chart (pinned) — and wait until nodes are Ready.
+"""network: the CNI, then wait until every node is Ready.
 
-Calico enforces NetworkPolicy (the platform's MongoDB, JupyterHub and
-monitoring rely on it); Flannel, the thesis's choice, does not enforce
-NetworkPolicy at all. Pod CIDR from ``cluster.pod_cidr``, VXLAN
-encapsulation (works on any flat private network), no BGP.
+``network.cni`` chooses:
+
+* ``calico`` (default): Calico through the tigera-operator chart (pinned); it
+  enforces NetworkPolicy, which the platform's MongoDB, JupyterHub and
+  monitoring rely on. VXLAN encapsulation, no BGP.
+* ``flannel``: flanneld (vxlan or host-gw, ``network.flannel_backend``) with the
+  CNI reference plugins, plus SIG Network's kube-network-policies agent
+  (``network.network_policy_agent``), because flannel alone enforces no
+  NetworkPolicy. Objects rendered from ``manifests/network/*.yaml.j2``.
 """
 
 from __future__ import annotations
@@ -14,10 +19,18 @@ from datacloud.stages._common import StageContext, Step, outcome
 
 RELEASE = "tigera-operator"
 NAMESPACE = "tigera-operator"
+FLANNEL_NAMESPACE = "kube-flannel"
+FLANNEL_DAEMONSET = "kube-flannel-ds"
+POLICY_DAEMONSET = "kube-network-policies"
 
 
 def render(inv: Inventory) -> Rendered:
     v = versions()["network"]
+    if inv.network.cni == "flannel":
+        objects = {"flannel": render_template("network/flannel.yaml.j2", inv=inv)}
+        if inv.network.network_policy_agent:
+            objects["kube-network-policies"] = render_template("network/kube-network-policies.yaml.j2", inv=inv)
+        return Rendered(objects=objects)
     values = render_template("network/tigera-operator-values.yaml", inv=inv)[0]
     return Rendered(
         releases=[
@@ -35,18 +48,27 @@ def render(inv: Inventory) -> Rendered:
 
 def install(ctx: StageContext) -> dict:
     changes = []
+    rendered = render(ctx.inv)
     with ctx.kube() as kube:
-        for release in render(ctx.inv).releases:
+        if rendered.objects:
+            result = kube.apply(rendered.all_objects())
+            changes += [f"{'would apply' if ctx.dry_run else 'apply'} {oid}" for oid in result.changed]
+        for release in rendered.releases:
             if kube.helm_upgrade(release):
                 changes.append(f"{'would install' if ctx.dry_run else 'install'} {release.chart} {release.version}")
-    return outcome("network", "install", changes, ctx.dry_run)
+    return outcome("network", "install", changes, ctx.dry_run, cni=ctx.inv.network.cni)
 
 
 def ready(ctx: StageContext) -> dict:
     if ctx.dry_run:
         return outcome("network", "ready", [], True)
     with ctx.kube() as kube:
-        kube.wait("tigerastatus", "calico", condition="Available", timeout_s=600)
+        if ctx.inv.network.cni == "flannel":
+            kube.rollout_status("daemonset", FLANNEL_DAEMONSET, namespace=FLANNEL_NAMESPACE, timeout_s=600)
+            if ctx.inv.network.network_policy_agent:
+                kube.rollout_status("daemonset", POLICY_DAEMONSET, namespace="kube-system", timeout_s=600)
+        else:
+            kube.wait("tigerastatus", "calico", condition="Available", timeout_s=600)
         kube.wait("node", all_=True, condition="Ready", timeout_s=600)
     return outcome("network", "ready", [], False)
 

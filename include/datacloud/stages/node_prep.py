@@ -53,10 +53,22 @@ def apt_env(inv: Inventory) -> dict[str, str]:
     }
 
 
-def env_for(ctx: StageContext) -> dict[str, str]:
+def runtime_env(inv: Inventory, node: Node) -> dict[str, str]:
+    """containerd and kubelet settings of the inventory (values validated there)."""
+    mirrors = "\n".join(f"{host} {' '.join(urls)}" for host, urls in sorted(inv.containerd.registry_mirrors.items()))
+    return {
+        "CGROUP_DRIVER": inv.kubernetes.cgroup_driver,
+        "RESTRICT_OOM_SCORE_ADJ": "1" if inv.containerd.restrict_oom_score_adj else "0",
+        "REGISTRY_MIRRORS": mirrors,
+        "CGROUP_ROOT": inv.cgroup_root(node) or "",
+    }
+
+
+def env_for(ctx: StageContext, node: Node | None = None) -> dict[str, str]:
     return {
         **ctx.env,
         **apt_env(ctx.inv),
+        **runtime_env(ctx.inv, node or ctx.inv.control_plane),
         "K8S_PKG_VERSION": package_versions(ctx.inv.cluster.kubernetes_version)["kubeadm"],
         "SANDBOX_IMAGE": str(_kube()["sandbox_image"]),
     }
@@ -64,7 +76,7 @@ def env_for(ctx: StageContext) -> dict[str, str]:
 
 def prepare(ctx: StageContext, node: Node) -> dict:
     with ctx.remote(node) as r:
-        res = r.script("node-prep.sh", env=env_for(ctx))
+        res = r.script("node-prep.sh", env=env_for(ctx, node))
     return outcome("node_prep", node.name, res.changes, ctx.dry_run, node=node.name, packages=res.facts)
 
 
