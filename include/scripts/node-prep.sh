@@ -168,7 +168,7 @@ if [ -n "$CGROUP_ROOT" ] && [ -f /sys/fs/cgroup/cgroup.controllers ]; then
   [ -d "/sys/fs/cgroup$CGROUP_ROOT" ] || { change "create the cgroup $CGROUP_ROOT" && mkdir -p "/sys/fs/cgroup$CGROUP_ROOT"; }
 elif [ -n "$CGROUP_ROOT" ]; then
   for h in /sys/fs/cgroup/*/; do
-    case "$h" in */unified/|*/systemd/) continue ;; esac
+    case "$h" in */unified/) continue ;; esac
     [ -d "$h${CGROUP_ROOT#/}" ] || { change "create the cgroup $h${CGROUP_ROOT#/}" && mkdir -p "$h${CGROUP_ROOT#/}"; }
   done
 fi
