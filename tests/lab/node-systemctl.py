@@ -211,7 +211,8 @@ def main(argv):
     verb, units = args[0], [unit_name(u) for u in args[1:]]
     if verb == "boot":
         for u in sorted(os.listdir(WANTS)) if os.path.isdir(WANTS) else []:
-            start(u)
+            if u not in ("ssh.service", "sshd.service"):  # the node's PID 1 is its sshd already
+                start(u)
         return 0
     if verb in ("daemon-reload", "reset-failed", "mask", "unmask", "preset"):
         return 0
