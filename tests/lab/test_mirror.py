@@ -402,11 +402,6 @@ def test_packages_versions_files_and_dependencies(tmp_path: Path) -> None:
     assert sorted(os.stat(p).st_ino for p in again) == sorted(os.stat(p).st_ino for p in debs.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the lab's Debian root filesystem (mmdebstrap --variant=apt) has no `mount` package and its pool does not "
-    "carry it: add mount to POOL_PACKAGES in include/scripts/setup.d/lab-rootfs.sh, then drop this mark",
-)
 def test_package_dependencies_are_installable_on_lab_nodes(tmp_path: Path) -> None:
     """Every Depends of the .debs is in a lab node's root filesystem, the lab's package pool, or the .debs themselves."""
     debs = mirror.build_packages(tmp_path)

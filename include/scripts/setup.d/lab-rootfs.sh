@@ -15,7 +15,7 @@ set -euo pipefail
 CACHE="${CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/datacloud}"
 SUITE=bookworm
 INCLUDE=openssh-server,iproute2,python3,kmod,procps,util-linux,sudo,ca-certificates,nftables
-POOL_PACKAGES=(containerd runc conntrack socat ethtool ebtables nftables iptables apt-transport-https gpg curl)
+POOL_PACKAGES=(containerd runc mount conntrack socat ethtool ebtables nftables iptables apt-transport-https gpg curl)
 
 key=$(printf '%s|%s|%s|v1' "$SUITE" "$INCLUDE" "${POOL_PACKAGES[*]}" | sha256sum | cut -c1-12)
 dest="$CACHE/lab/$SUITE-$key"
