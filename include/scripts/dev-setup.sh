@@ -16,13 +16,9 @@ skipped=()
 say() { printf 'setup | %s\n' "$*"; }
 die() { printf 'setup | error: %s\n' "$*" >&2; exit 1; }
 
-# One value from manifests/versions.yaml (keys are unique there).
-pin() {
-  local v
-  v=$(sed -nE "s/^[[:space:]]*$1:[[:space:]]*\"?([^\"#[:space:]]+)\"?.*/\1/p" "$ROOT/manifests/versions.yaml" | head -n 1)
-  [ -n "$v" ] || die "manifests/versions.yaml has no '$1'"
-  printf '%s' "$v"
-}
+# pin KEY: one value from manifests/versions.yaml
+# shellcheck source=include/scripts/pin.sh
+. "$ROOT/include/scripts/pin.sh"
 
 # --- Debian packages -------------------------------------------------------
 apt_packages=(

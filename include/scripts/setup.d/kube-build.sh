@@ -21,14 +21,8 @@ set -euo pipefail
 
 ROOT="${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)}"
 CACHE="${CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/datacloud}"
-VERSIONS="$ROOT/manifests/versions.yaml"
-
-pin() {
-  local v
-  v=$(sed -nE "s/^[[:space:]]*$1:[[:space:]]*\"?([^\"#[:space:]]+)\"?.*/\1/p" "$VERSIONS" | head -n 1)
-  [ -n "$v" ] || { echo "manifests/versions.yaml has no '$1'" >&2; exit 1; }
-  printf '%s' "$v"
-}
+# shellcheck source=include/scripts/pin.sh
+. "$ROOT/include/scripts/pin.sh"
 
 KUBE=$(pin version)            # kubernetes.version, e.g. 1.34.2
 ETCD=$(pin etcd_version)
