@@ -27,7 +27,7 @@ API
     mirrors): ``registry.k8s.io/{kube-apiserver,kube-controller-manager,
     kube-scheduler,kube-proxy}:v<kubernetes.version>``, ``registry.k8s.io/etcd:<etcd_version>-0``,
     ``registry.k8s.io/coredns/coredns:<coredns_version>``, ``registry.k8s.io/pause:<pause_version>``,
-    ``ghcr.io/flannel-io/flannel:<network.flannel_version>``. ``image_refs()`` lists them.
+    ``network.flannel_image`` (the image the network stage names). ``image_refs()`` lists them.
 
 ``Registry(address, port, storage_dir=default_storage(), run_dir=None)``
     Debian's ``docker-registry`` (distribution 2.8) on plain HTTP.
@@ -90,12 +90,12 @@ from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "include"))
+sys.path.insert(0, str(ROOT))  # tests.lab, when this file runs as a command
 
 from datacloud import config  # noqa: E402
+from datacloud.render import versions  # noqa: E402  (manifests/versions.yaml, the one reader)
 
 KUBE_BUILD = ROOT / "include" / "scripts" / "setup.d" / "kube-build.sh"
-ROOTFS_STEP = ROOT / "include" / "scripts" / "setup.d" / "lab-rootfs.sh"
-VERSIONS = ROOT / "manifests" / "versions.yaml"
 
 ARCH = "amd64"  # Debian and OCI name of the only architecture the lab builds for
 MULTIARCH = "x86_64-linux-gnu"
@@ -119,12 +119,6 @@ IPTABLES_LINKS = ("iptables", "iptables-save", "iptables-restore", "ip6tables", 
 # --- inputs -------------------------------------------------------------------
 
 
-def versions() -> dict:
-    import yaml
-
-    return yaml.safe_load(VERSIONS.read_text())
-
-
 def _vtag(v: str) -> str:
     return v if v.startswith("v") else "v" + v
 
@@ -140,7 +134,7 @@ def image_refs() -> dict[str, str]:
     refs["etcd"] = f"registry.k8s.io/etcd:{str(k['etcd_version']).lstrip('v')}-0"  # kubeadm's tag: <etcd>-<image revision>
     refs["coredns"] = f"registry.k8s.io/coredns/coredns:{_vtag(str(k['coredns_version']))}"
     refs["pause"] = f"registry.k8s.io/pause:{str(k['pause_version']).lstrip('v')}"
-    refs["flannel"] = f"ghcr.io/flannel-io/flannel:{_vtag(str(n['flannel_version']))}"
+    refs["flannel"] = str(n["flannel_image"])  # the image the network stage's DaemonSet names
     return refs
 
 
@@ -161,14 +155,9 @@ def bin_dir(component: str) -> Path:
 
 def lab_rootfs() -> Path:
     """The lab's Debian root filesystem folder (rootfs/ and pool/), built by the setup step when missing."""
-    env = _env()
-    d = Path(
-        subprocess.run(["bash", str(ROOTFS_STEP), "--dest"], env=env, check=True, capture_output=True, text=True).stdout.strip()
-    )
-    if not (d / ".done").exists():
-        print(f"mirror | building the lab root filesystem once ({d})", file=sys.stderr)
-        subprocess.run(["bash", str(ROOTFS_STEP)], check=True, env=env)
-    return d
+    from tests.lab.lab import rootfs_dir
+
+    return rootfs_dir()
 
 
 def _go() -> str:
@@ -728,16 +717,22 @@ def build_images() -> ImageSet:
         (tmp / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}\n')
         (tmp / "index.json").write_bytes(_dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}))
         shutil.rmtree(work)
-        if (layout / "index.json").exists():  # another process built it meanwhile
-            shutil.rmtree(tmp)
-        else:
-            shutil.rmtree(layout, ignore_errors=True)
-            tmp.rename(layout)
+        _publish(tmp, layout, built=(layout / "index.json").exists)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _prune(layout.parent, "images-", layout)
     return ImageSet.load(layout, built=True, seconds=time.monotonic() - t0)
+
+
+def _publish(tmp: Path, dest: Path, *, built) -> None:
+    """Move a finished build folder TMP into the cache at DEST, unless ``built()`` says
+    another process finished DEST meanwhile (then TMP is dropped)."""
+    if built():
+        shutil.rmtree(tmp)
+    else:
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
 
 
 def _prune(parent: Path, prefix: str, keep: Path) -> None:
@@ -1191,11 +1186,7 @@ def build_packages(out_dir: Path) -> list[Path]:
                     )
                 )
             shutil.rmtree(tmp / ".build")
-            if all((cache / x).exists() for x in names):
-                shutil.rmtree(tmp)
-            else:
-                shutil.rmtree(cache, ignore_errors=True)
-                tmp.rename(cache)
+            _publish(tmp, cache, built=lambda: all((cache / x).exists() for x in names))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
