@@ -137,6 +137,8 @@ def check(ctx: StageContext, gathered: list[dict]) -> dict:
         check_versions()
     except ImageVersionError as exc:
         found.append(str(exc))
+    for w in ctx.inv.warnings:
+        log.warning("preflight | Warning | %s", w)
     for p in found:
         log.error("preflight | Problem | %s", p)
     if found:
