@@ -133,3 +133,59 @@ def test_chart_mirror_replaces_every_upstream_repository():
     release = network_render(_inv()).releases[0]
     assert chart_repository(_inv(), release) == release.repo
     assert chart_repository(_inv(packages={"chart_repository": "http://10.77.1.1:8879"}), release) == "http://10.77.1.1:8879"
+
+
+class _RecordingKube:
+    """Records the waits of network.ready (no cluster: what it waits for is the point)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def wait(self, kind, name=None, **kw) -> None:
+        self.calls.append(("wait", kind, name or ("all" if kw.get("all_") else None)))
+
+    def rollout_status(self, kind, name, *, namespace, timeout_s) -> None:
+        self.calls.append(("rollout", kind, f"{namespace}/{name}"))
+
+
+def _ready_calls(inv) -> list[tuple]:
+    from types import SimpleNamespace
+
+    from datacloud.stages import network
+
+    kube = _RecordingKube()
+    network.ready(SimpleNamespace(inv=inv, dry_run=False, kube=lambda: kube))
+    return kube.calls
+
+
+def test_ready_waits_for_what_the_stage_rendered():
+    assert _ready_calls(_inv(network={"cni": "flannel"})) == [
+        ("rollout", "daemonset", "kube-flannel/kube-flannel-ds"),
+        ("rollout", "daemonset", "kube-system/kube-network-policies"),
+        ("wait", "node", "all"),
+    ]
+    assert _ready_calls(_inv(network={"cni": "flannel", "network_policy_agent": False})) == [
+        ("rollout", "daemonset", "kube-flannel/kube-flannel-ds"),
+        ("wait", "node", "all"),
+    ]
+    assert _ready_calls(_inv()) == [("wait", "tigerastatus", "calico"), ("wait", "node", "all")]
+
+
+def test_preflight_logs_the_inventory_warnings(monkeypatch, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from datacloud.stages import preflight
+
+    monkeypatch.setattr(preflight, "problems", lambda inv, facts: [])
+    monkeypatch.setattr(preflight, "table", lambda inv, facts: "")
+    inv = _inv(network={"cni": "flannel", "network_policy_agent": False})
+    with caplog.at_level(logging.WARNING, logger="datacloud.stages.preflight"):
+        preflight.check(SimpleNamespace(inv=inv, dry_run=True), [])
+    assert any("enforces no NetworkPolicy" in r.getMessage() for r in caplog.records)

@@ -19,9 +19,6 @@ from datacloud.stages._common import StageContext, Step, outcome
 
 RELEASE = "tigera-operator"
 NAMESPACE = "tigera-operator"
-FLANNEL_NAMESPACE = "kube-flannel"
-FLANNEL_DAEMONSET = "kube-flannel-ds"
-POLICY_DAEMONSET = "kube-network-policies"
 
 
 def render(inv: Inventory) -> Rendered:
@@ -63,12 +60,10 @@ def ready(ctx: StageContext) -> dict:
     if ctx.dry_run:
         return outcome("network", "ready", [], True)
     with ctx.kube() as kube:
-        if ctx.inv.network.cni == "flannel":
-            kube.rollout_status("daemonset", FLANNEL_DAEMONSET, namespace=FLANNEL_NAMESPACE, timeout_s=600)
-            if ctx.inv.network.network_policy_agent:
-                kube.rollout_status("daemonset", POLICY_DAEMONSET, namespace="kube-system", timeout_s=600)
-        else:
+        if ctx.inv.network.cni == "calico":
             kube.wait("tigerastatus", "calico", condition="Available", timeout_s=600)
+        for ds in (o for o in render(ctx.inv).all_objects() if o["kind"] == "DaemonSet"):  # flannel, policy agent
+            kube.rollout_status("daemonset", ds["metadata"]["name"], namespace=ds["metadata"]["namespace"], timeout_s=600)
         kube.wait("node", all_=True, condition="Ready", timeout_s=600)
     return outcome("network", "ready", [], False)
 
