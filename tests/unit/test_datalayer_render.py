@@ -78,19 +78,25 @@ def test_every_object_validates(case):
         validate_object(obj, inv.cluster.kubernetes_version)
 
 
-def test_schema_rejects_what_we_must_not_write():
-    """Our CRD schemas are not rubber stamps: useAllDevices and unknown fields fail."""
+def test_chart_crds_reject_what_the_api_server_would():
+    """The upstream CRDs are not rubber stamps: a misspelt field, a wrong type and a missing
+    required field fail offline as they fail on the API server (tests/apiserver)."""
     inv = inventories.reference()
     cluster = next(o for o in storage.render(inv).all_objects() if o["kind"] == "CephCluster")
     bad = yaml.safe_load(yaml.safe_dump(cluster))
-    bad["spec"]["storage"]["useAllDevices"] = True
-    with pytest.raises(AssertionError, match="useAllDevices"):
+    bad["spec"]["storage"]["useAllDevice"] = False
+    with pytest.raises(AssertionError, match="useAllDevice"):
+        validate_object(bad, inv.cluster.kubernetes_version)
+    bad = yaml.safe_load(yaml.safe_dump(cluster))
+    bad["spec"]["mon"]["count"] = "three"
+    with pytest.raises(AssertionError, match="spec/mon/count"):
         validate_object(bad, inv.cluster.kubernetes_version)
     psmdb = next(o for o in mongo.render(inv).all_objects() if o["kind"] == "PerconaServerMongoDB")
-    bad = yaml.safe_load(yaml.safe_dump(psmdb))
-    bad["spec"]["replsets"][0]["resources"]["requests"].pop("memory")
-    with pytest.raises(AssertionError, match="memory"):
-        validate_object(bad, inv.cluster.kubernetes_version)
+    for feature in ("backup", "pmm"):  # the operator's CRD wants an image even for a feature that is off
+        bad = yaml.safe_load(yaml.safe_dump(psmdb))
+        del bad["spec"][feature]["image"]
+        with pytest.raises(AssertionError, match=f"spec/{feature}: 'image' is a required property"):
+            validate_object(bad, inv.cluster.kubernetes_version)
 
 
 # --- storage ---

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from datacloud.errors import TransientError
+from datacloud.render import versions
 from datacloud.stages import mongo, storage
 from tests.helpers import datalayer_inventories as inventories
 from tests.helpers.kube_double import KubeDoubleState, StageContextDouble
@@ -167,6 +168,9 @@ def test_prove_local_path_has_no_rwx():
 # --- mongo ---
 
 
+PSMDB = versions()["mongo"]["psmdb_chart_version"]
+
+
 def test_mongo_apply_creates_secrets_once_then_unchanged():
     ctx = _ctx()
     first = mongo.step_apply(ctx)
@@ -175,8 +179,8 @@ def test_mongo_apply_creates_secrets_once_then_unchanged():
     order = [c for c in ctx.state.calls if c[0] in ("helm", "rollout") or (c[0] == "apply" and not c[1].startswith("Secret/"))]
     assert order == [
         ("apply", "Namespace/mongo"),
-        ("helm", "psmdb-operator-crds", "1.23.0"),
-        ("helm", "psmdb-operator", "1.23.0"),
+        ("helm", "psmdb-operator-crds", PSMDB),
+        ("helm", "psmdb-operator", PSMDB),
         ("rollout", "deployment", "psmdb-operator"),
         ("apply", "PerconaServerMongoDB/mongo/datacloud-mongo"),
     ]
