@@ -175,10 +175,14 @@ def kps_release(inv: Inventory) -> Release:
             "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
             "persistence": {"enabled": False},
             "defaultDashboardsEnabled": True,
+            # A Role in this namespace, not the chart's ClusterRole: the sidecars watch ConfigMaps
+            # and Secrets, and cluster-wide that would be every Secret (MongoDB's users included).
+            "rbac": {"namespaced": True},
             "sidecar": {
                 "resources": resources(grafana_sidecar),
                 "dashboards": {
                     "enabled": True,
+                    "searchNamespace": MONITORING_NS,  # our dashboards and the chart's live here
                     "label": DASHBOARD_LABEL,
                     "labelValue": "1",
                     "folderAnnotation": "grafana_folder",
