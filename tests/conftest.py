@@ -37,7 +37,7 @@ from datacloud.localstack import Stack, ferretdb_binary, free_port  # noqa: E402
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests without a layer marker are unit tests; the folder decides otherwise."""
-    layers = {"unit", "dags", "integration", "lab", "e2e", "browser", "bench"}
+    layers = {"unit", "dags", "integration", "apiserver", "lab", "e2e", "browser", "bench"}
     for item in items:
         if layers & {m.name for m in item.iter_markers()}:
             continue
