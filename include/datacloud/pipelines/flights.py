@@ -46,11 +46,43 @@ LAST_DAY = date(2013, 12, 31)
 DEFAULT_MAX_REJECTED_SHARE = 0.01
 
 FLIGHT_COLUMNS = (
-    "year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
-    "arr_delay", "carrier", "flight", "tailnum", "origin", "dest", "air_time", "distance", "hour", "minute", "time_hour",
+    "year",
+    "month",
+    "day",
+    "dep_time",
+    "sched_dep_time",
+    "dep_delay",
+    "arr_time",
+    "sched_arr_time",
+    "arr_delay",
+    "carrier",
+    "flight",
+    "tailnum",
+    "origin",
+    "dest",
+    "air_time",
+    "distance",
+    "hour",
+    "minute",
+    "time_hour",
 )
-WEATHER_COLUMNS = ("origin", "year", "month", "day", "hour", "temp", "dewp", "humid", "wind_dir", "wind_speed",
-                   "wind_gust", "precip", "pressure", "visib", "time_hour")
+WEATHER_COLUMNS = (
+    "origin",
+    "year",
+    "month",
+    "day",
+    "hour",
+    "temp",
+    "dewp",
+    "humid",
+    "wind_dir",
+    "wind_speed",
+    "wind_gust",
+    "precip",
+    "pressure",
+    "visib",
+    "time_hour",
+)
 INDEXES = {FLIGHTS: [("date", 1)], REJECTED: [("date", 1)], DELAY_STATS: [("date", 1)], ORIGIN_WEATHER: [("date", 1)]}
 
 
@@ -168,8 +200,9 @@ def parse_lines(lines: Iterable[bytes], day: date, carriers: frozenset[str]) -> 
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            rejected.append(_rejected(day, number, body.decode("utf-8", "backslashreplace"),
-                                      [f"line is not valid UTF-8 (byte {exc.start})"]))
+            rejected.append(
+                _rejected(day, number, body.decode("utf-8", "backslashreplace"), [f"line is not valid UTF-8 (byte {exc.start})"])
+            )
             continue
         if not text.strip():
             rejected.append(_rejected(day, number, text, ["line is empty"]))
@@ -229,8 +262,16 @@ def ingest(day: date, run_id: str, mongo: Mongo, root: Path | None = None, batch
     state = "unchanged" if flights.upserted == 0 and flights.removed == 0 else "changed"
     log.info(
         "Ingest | %s: read %d, good %d, rejected %d, upserted %d, unchanged %d, removed %d (%s, %.1fs); quarantine %s",
-        day, read, len(good), len(rejected), flights.upserted, flights.unchanged, flights.removed, state,
-        time.monotonic() - started, quarantine.as_dict(),
+        day,
+        read,
+        len(good),
+        len(rejected),
+        flights.upserted,
+        flights.unchanged,
+        flights.removed,
+        state,
+        time.monotonic() - started,
+        quarantine.as_dict(),
     )
     return counts
 
@@ -274,6 +315,7 @@ def task_errors() -> Iterator[None]:
 
 def task_land() -> dict[str, Any]:
     from airflow.sdk import get_current_context
+
     with task_errors():
         return land(_context_day(get_current_context()))
 

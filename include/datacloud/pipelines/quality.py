@@ -45,9 +45,7 @@ def evaluate(m: Measured, max_rejected_share: float) -> list[str]:
     """The failed gates, one sentence each naming the number that is off (empty: all pass)."""
     problems: list[str] = []
     if m.flights_in_mongo != m.good_landed:
-        problems.append(
-            f"MongoDB holds {m.flights_in_mongo} flights for {m.date} but {m.good_landed} good rows were landed."
-        )
+        problems.append(f"MongoDB holds {m.flights_in_mongo} flights for {m.date} but {m.good_landed} good rows were landed.")
     if m.flights_in_mongo + m.rejected_in_mongo != m.source_rows:
         problems.append(
             f"good {m.flights_in_mongo} + rejected {m.rejected_in_mongo} = {m.flights_in_mongo + m.rejected_in_mongo} "
@@ -131,6 +129,10 @@ def check(day: date, mongo, max_rejected_share: float, root=None) -> dict[str, A
         raise QualityError(" ".join(problems))
     log.info(
         "Quality | %s passed: %d flights, %d rejected of %d source rows, %d carriers, no duplicate keys",
-        m.date, m.flights_in_mongo, m.rejected_in_mongo, m.source_rows, len(m.carriers_flown),
+        m.date,
+        m.flights_in_mongo,
+        m.rejected_in_mongo,
+        m.source_rows,
+        len(m.carriers_flown),
     )
     return m.as_dict()

@@ -46,9 +46,26 @@ NATURAL_KEY = ("year", "month", "day", "carrier", "flight", "origin", "sched_dep
 
 # Order of the fields in the stored document (BSON keeps it; equal documents are equal bytes).
 DOC_FIELDS = (
-    "date", "year", "month", "day", "carrier", "flight", "tailnum", "origin", "dest",
-    "sched_dep_time", "dep_time", "dep_delay", "sched_arr_time", "arr_time", "arr_delay",
-    "air_time", "distance", "hour", "minute", "time_hour",
+    "date",
+    "year",
+    "month",
+    "day",
+    "carrier",
+    "flight",
+    "tailnum",
+    "origin",
+    "dest",
+    "sched_dep_time",
+    "dep_time",
+    "dep_delay",
+    "sched_arr_time",
+    "arr_time",
+    "arr_delay",
+    "air_time",
+    "distance",
+    "hour",
+    "minute",
+    "time_hour",
 )
 
 MAX_EARLY = -24 * 60
