@@ -68,25 +68,9 @@ def test_the_run_sends_what_only_exists_at_run_time():
     }
 
 
-_KNOWN_NOT_SENT = {
-    # include/datacloud/stages/mongo.py step_apply applies the "namespace" and "cluster" objects
-    # only; the rendered "networkpolicies" (default deny + the client allows) never reach the cluster.
-    "mongo": "mongo.step_apply does not apply the NetworkPolicies mongo.render() returns",
-}
-
-
-@pytest.mark.parametrize(
-    ("inv_name", "stage"),
-    [
-        pytest.param(inv, stage, id=f"{inv}-{stage}", marks=[pytest.mark.xfail(strict=True, reason=_KNOWN_NOT_SENT[stage])])
-        if stage in _KNOWN_NOT_SENT
-        else pytest.param(inv, stage, id=f"{inv}-{stage}")
-        for inv in INVENTORIES
-        for stage in WRITING_STEPS
-    ],
-)
+@pytest.mark.parametrize(("inv_name", "stage"), [(inv, stage) for inv in INVENTORIES for stage in WRITING_STEPS], ids=lambda v: v)
 def test_the_steps_apply_every_rendered_object(inv_name, stage):
-    """What ./dev render shows is what the run applies (a known gap is a strict xfail, failing once fixed)."""
+    """What ./dev render shows is what the run applies."""
     rendered = {object_id(o) for o in stage_renders(inv_name).get(stage, Rendered()).all_objects()}
     not_sent = sorted(rendered - {object_id(o) for o in stage_runs(inv_name)[stage].objects})
     assert not_sent == [], f"{stage} renders objects its steps never apply"

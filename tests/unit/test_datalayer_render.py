@@ -364,7 +364,7 @@ def test_dev_render_writes_both_stages(tmp_path):
     charts = yaml.safe_load((tmp_path / "charts.yaml").read_text())["releases"]
     assert {(c["stage"], c["chart"]) for c in charts} >= {("storage", "rook-ceph"), ("mongo", "psmdb-operator")}
     kinds = sorted(o["kind"] for o in results["mongo"].all_objects())
-    assert kinds == ["Namespace", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "PerconaServerMongoDB"]
+    assert kinds == ["Namespace", *["NetworkPolicy"] * 4, "PerconaServerMongoDB"]
 
 
 def test_local_path_helper_pod_and_config_are_valid():

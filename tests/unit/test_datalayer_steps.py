@@ -179,12 +179,20 @@ def test_mongo_apply_creates_secrets_once_then_unchanged():
     order = [c for c in ctx.state.calls if c[0] in ("helm", "rollout") or (c[0] == "apply" and not c[1].startswith("Secret/"))]
     assert order == [
         ("apply", "Namespace/mongo"),
+        # the policies before anything runs in the namespace
+        ("apply", "NetworkPolicy/mongo/default-deny"),
+        ("apply", "NetworkPolicy/mongo/allow-same-namespace-dns-and-api"),
+        ("apply", "NetworkPolicy/mongo/allow-clients-to-mongos"),
+        ("apply", "NetworkPolicy/mongo/allow-exporters-and-nodes-to-members"),
         ("helm", "psmdb-operator-crds", PSMDB),
         ("helm", "psmdb-operator", PSMDB),
         ("rollout", "deployment", "psmdb-operator"),
         ("apply", "PerconaServerMongoDB/mongo/datacloud-mongo"),
     ]
-    assert len(first["changes"]) == 1 + len(secret_ids) + 2 + 1
+    assert ctx.state.calls.index(("apply", "NetworkPolicy/mongo/default-deny")) < min(
+        i for i, c in enumerate(ctx.state.calls) if c[0] == "apply" and c[1].startswith("Secret/")
+    )
+    assert len(first["changes"]) == 1 + 4 + len(secret_ids) + 2 + 1
     before = {k: v["stringData"] for k, v in ctx.state.objects.items() if k.startswith("Secret/")}
     second = mongo.step_apply(ctx)
     assert second["changes"] == []

@@ -79,6 +79,15 @@ USERS: tuple[dict[str, Any], ...] = (
 )
 ADMIN_USER, APP_USER, MONITOR_USER = (u["name"] for u in USERS)
 
+# Who may connect to port 27017 (manifests/mongo/networkpolicies.yaml.j2).
+CLIENT_NAMESPACES = ("spark-jobs", "jupyter")  # to mongos only
+MONITORING_NAMESPACE = "monitoring"
+# The labels the Percona operator sets on mongos pods (naming.MongosLabels in its source).
+MONGOS_LABELS = {"app.kubernetes.io/component": "mongos", "app.kubernetes.io/instance": CLUSTER}
+# The monitoring stage's exporters (datacloud.stages.monitoring.exporter_labels); they
+# read every member as well as mongos.
+EXPORTER_LABELS = {"app.kubernetes.io/name": "mongodb-exporter"}
+
 
 def shard_names(m: MongoSettings) -> list[str]:
     return [f"rs{i}" for i in range(m.shards)]
@@ -139,10 +148,19 @@ def render(inv: Inventory) -> Rendered:
     return Rendered(
         objects={
             "namespace": render_template("mongo/namespace.yaml", **ctx),
-            # mongos/mongod answer Spark jobs, notebooks, the exporters and (through
-            # an SSH forward from the control plane) Airflow; nothing else.
-            "networkpolicies": namespace_policies(
-                inv, NAMESPACE, client_port=27017, client_namespaces=("spark-jobs", "jupyter", "monitoring")
+            # Default deny; members, config servers, mongos and the operator talk inside the
+            # namespace; Spark jobs and notebooks reach mongos only; the exporters and (through
+            # an SSH forward from the control plane) Airflow reach every member; nothing else.
+            "networkpolicies": namespace_policies(inv, NAMESPACE)
+            + render_template(
+                "mongo/networkpolicies.yaml.j2",
+                namespace=NAMESPACE,
+                port=MONGO_PORT,
+                mongos_labels=MONGOS_LABELS,
+                client_namespaces=list(CLIENT_NAMESPACES),
+                monitoring_namespace=MONITORING_NAMESPACE,
+                exporter_labels=EXPORTER_LABELS,
+                node_subnet=str(inv.network.subnet),
             ),
             "cluster": render_template("mongo/cluster.yaml", **ctx),
         },
@@ -227,12 +245,15 @@ def secret_values(kube: Any, name: str) -> dict[str, str] | None:
 
 
 def step_apply(ctx: Any) -> dict[str, Any]:
-    """Namespace, Secrets (created once, never rotated here), operator charts, the cluster object."""
+    """Namespace, its NetworkPolicies, Secrets (created once, never rotated here), operator
+    charts, the cluster object."""
     rendered = render(ctx.inv)
     changes: list[str] = []
     with ctx.kube() as kube:
         changes += kube.apply(rendered.objects["namespace"]).changed
         missing = bool(changes)  # in a dry run, nothing below can be diffed by the server yet
+        # before anything runs in the namespace: no pod is ever reachable without its policies
+        changes += apply_or_plan(kube, rendered.objects["networkpolicies"], ctx.dry_run and missing)
         for name, data in generate_secrets().items():
             if not missing and kube.exists("secret", name, namespace=NAMESPACE):
                 log.info("Mongo | Secret | %s exists (unchanged)", name)
