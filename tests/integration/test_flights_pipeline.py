@@ -91,8 +91,10 @@ def _bad_lines(day: date) -> list[bytes]:
     """Two of each kind of malformed row the issue names (12 rows)."""
     flights_df, _, _ = flights.source_frames(day)
     cols = flights.FLIGHT_COLUMNS
-    real = [json.loads(line) for line in flights._frame_lines(flights_df.head(4), cols, ("dep_time", "dep_delay", "arr_time",
-                                                                                          "arr_delay", "air_time"))]
+    real = [
+        json.loads(line)
+        for line in flights._frame_lines(flights_df.head(4), cols, ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"))
+    ]
     bad = []
     for i, row in enumerate(real[:2]):
         bad.append({**row, "flight": 9000 + i, "distance": "far"})  # wrong type
@@ -109,8 +111,9 @@ def _bad_lines(day: date) -> list[bytes]:
 def _write_drop(folder: Path, day: date) -> int:
     """The day's real rows with the bad ones mixed in; returns the number of bad rows."""
     flights_df, _, _ = flights.source_frames(day)
-    good = list(flights._frame_lines(flights_df, flights.FLIGHT_COLUMNS,
-                                     ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time")))
+    good = list(
+        flights._frame_lines(flights_df, flights.FLIGHT_COLUMNS, ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"))
+    )
     bad = _bad_lines(day)
     mixed = good[:100] + bad + good[100:]
     folder.mkdir(parents=True, exist_ok=True)
@@ -131,8 +134,9 @@ def test_dag_runs_one_day_reruns_identically_and_quarantines_bad_rows(ferretdb, 
     env = _env(ferretdb, tmp_path, uri)
     drop = tmp_path / "drop"
     n_bad = _write_drop(drop, DAY2)
-    migrate = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, capture_output=True,
-                             text=True, timeout=300)
+    migrate = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
     # A manual run at D+1 00:00 covers the day D (its data interval is the day before).
     specs = [
@@ -140,12 +144,18 @@ def test_dag_runs_one_day_reruns_identically_and_quarantines_bad_rows(ferretdb, 
         {"name": "again", "logical_date": "2013-01-02T00:00:00+00:00"},
         {"name": "bad", "logical_date": "2013-01-03T00:00:00+00:00", "env": {"DATACLOUD_FLIGHTS_DROP": str(drop)}},
     ]
-    proc = subprocess.run([sys.executable, "-c", RUNNER, str(REPO_ROOT / "dags" / "etl_flights_daily.py"), json.dumps(specs)],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(REPO_ROOT / "dags" / "etl_flights_daily.py"), json.dumps(specs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(tmp_path),
+    )
     output = proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, output[-5000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
 
     first, again, bad = result["first"], result["again"], result["bad"]
     assert first["state"] == "success", first
@@ -177,9 +187,14 @@ def test_dag_runs_one_day_reruns_identically_and_quarantines_bad_rows(ferretdb, 
     rejected = list(db.flights_rejected.find({"date": day2}))
     assert len(rejected) == n_bad == 12
     reasons = " | ".join(r for doc in rejected for r in doc["reasons"])
-    for expected in ("distance must be a whole number (got 'far')", "distance must be > 0 miles (got -100)",
-                     "carrier ZZ is not in the airlines reference", "missing fields flight, origin",
-                     "dep_delay must be a whole number or null (got 'late')", "line is not valid UTF-8"):
+    for expected in (
+        "distance must be a whole number (got 'far')",
+        "distance must be > 0 miles (got -100)",
+        "carrier ZZ is not in the airlines reference",
+        "missing fields flight, origin",
+        "dep_delay must be a whole number or null (got 'late')",
+        "line is not valid UTF-8",
+    ):
         assert expected in reasons
     assert all(doc["run_id"].startswith("manual__") and doc["raw"] for doc in rejected)
     share = f"{12 / (943 + 12) * 100:.2f} %"
@@ -220,9 +235,14 @@ flights.ingest(date(2013, 1, 1), "run-killed", connect(sys.argv[1]), batch_size=
     # already there through the duplicate-key -> upsert path.
     assert (counts["upserted"], counts["unchanged"], counts["removed"]) == (842, 0, 0)
     assert db.flights.count_documents({"date": DAY1.isoformat()}) == 842
-    dups = list(db.flights.aggregate([
-        {"$group": {"_id": {k: f"${k}" for k in NATURAL_KEY}, "n": {"$sum": 1}}}, {"$match": {"n": {"$gt": 1}}},
-    ]))
+    dups = list(
+        db.flights.aggregate(
+            [
+                {"$group": {"_id": {k: f"${k}" for k in NATURAL_KEY}, "n": {"$sum": 1}}},
+                {"$match": {"n": {"$gt": 1}}},
+            ]
+        )
+    )
     assert dups == []
     before = _snapshot(db)
     third = flights.ingest(DAY1, "run-again", mongo)
@@ -278,14 +298,44 @@ def test_week_table_weights_daily_means_by_flown_legs(ferretdb):
 
     db = pymongo.MongoClient(_db_uri(ferretdb)).get_default_database()
     base = {"carrier": "UA", "carrier_name": "United Air Lines Inc.", "cancelled": 0}
-    db.daily_delay_stats.insert_many([
-        {**base, "_id": "2013-01-01/UA", "date": "2013-01-01", "flights": 10, "departed": 10, "arrived": 10,
-         "mean_dep_delay": 10.0, "mean_arr_delay": 0.0, "delayed_15_share": 0.5},
-        {**base, "_id": "2013-01-02/UA", "date": "2013-01-02", "flights": 31, "cancelled": 1, "departed": 30, "arrived": 29,
-         "mean_dep_delay": 2.0, "mean_arr_delay": 4.0, "delayed_15_share": 0.1},
-        {**base, "_id": "2013-01-09/UA", "date": "2013-01-09", "flights": 99, "departed": 99, "arrived": 99,
-         "mean_dep_delay": 99.0, "mean_arr_delay": 99.0, "delayed_15_share": 1.0},  # outside the week
-    ])
+    db.daily_delay_stats.insert_many(
+        [
+            {
+                **base,
+                "_id": "2013-01-01/UA",
+                "date": "2013-01-01",
+                "flights": 10,
+                "departed": 10,
+                "arrived": 10,
+                "mean_dep_delay": 10.0,
+                "mean_arr_delay": 0.0,
+                "delayed_15_share": 0.5,
+            },
+            {
+                **base,
+                "_id": "2013-01-02/UA",
+                "date": "2013-01-02",
+                "flights": 31,
+                "cancelled": 1,
+                "departed": 30,
+                "arrived": 29,
+                "mean_dep_delay": 2.0,
+                "mean_arr_delay": 4.0,
+                "delayed_15_share": 0.1,
+            },
+            {
+                **base,
+                "_id": "2013-01-09/UA",
+                "date": "2013-01-09",
+                "flights": 99,
+                "departed": 99,
+                "arrived": 99,
+                "mean_dep_delay": 99.0,
+                "mean_arr_delay": 99.0,
+                "delayed_15_share": 1.0,
+            },  # outside the week
+        ]
+    )
     table, text = week_table(db, date(2013, 1, 1), date(2013, 1, 7))
     (ua,) = table
     assert (ua["days"], ua["flights"], ua["cancelled"]) == (2, 41, 1)
