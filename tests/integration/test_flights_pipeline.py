@@ -344,3 +344,33 @@ def test_week_table_weights_daily_means_by_flown_legs(ferretdb):
     assert ua["delayed_15_share"] == pytest.approx((5 + 3) / 40)
     assert "UA      United Air Lines Inc." in text
     assert "20.0 %" in text
+
+
+def test_hostile_lines_are_quarantined_and_the_day_ingests(ferretdb, tmp_path, monkeypatch):
+    """A number of 5,000 digits, JSON nested 30,000 deep, a year of 100 digits, a 17 MiB line (issue 12, item 5)."""
+    uri = _db_uri(ferretdb)
+    monkeypatch.setenv("DATACLOUD_DATA_DIR", str(tmp_path / "data"))
+    flights_df, _, _ = flights.source_frames(DAY1)
+    good = list(
+        flights._frame_lines(flights_df, flights.FLIGHT_COLUMNS, ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"))
+    )
+    row = json.loads(good[0])
+    hostile = [
+        b'{"year": ' + b"1" * 5000 + b"}\n",
+        b"[" * 30_000 + b"]" * 30_000 + b"\n",
+        (json.dumps({**row, "year": 10**100}) + "\n").encode(),
+        (json.dumps({**row, "tailnum": "N" * (17 * 1024 * 1024)}) + "\n").encode(),
+    ]
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / f"{DAY1.isoformat()}.jsonl").write_bytes(b"".join(good[:10] + hostile + good[10:]))
+    monkeypatch.setenv("DATACLOUD_FLIGHTS_DROP", str(drop))
+    assert flights.land(DAY1)["flights"] == 842 + 4
+    counts = flights.ingest(DAY1, "run-hostile", connect(uri))
+    assert (counts["good"], counts["rejected"]) == (842, 4)
+    db = pymongo.MongoClient(uri).get_default_database()
+    rejected = sorted(db.flights_rejected.find({"date": DAY1.isoformat()}), key=lambda d: d["line"])
+    assert [d["line"] for d in rejected] == [11, 12, 13, 14]
+    assert all(d["reasons"] and len(d["raw"]) <= flights.MAX_RAW_CHARS for d in rejected)
+    assert rejected[3]["reasons"][0].startswith("line is 17,")
+    assert rejected[3]["truncated"] is True

@@ -44,6 +44,13 @@ ASSET_URI = "datacloud://datasets/daily_delay_stats"
 FIRST_DAY = date(2013, 1, 1)
 LAST_DAY = date(2013, 12, 31)
 DEFAULT_MAX_REJECTED_SHARE = 0.01
+# Hostile input stays bounded (real lines are ~300 bytes): longer lines are rejected unread,
+# a quarantined line keeps its first characters, and so a quarantine document stays far
+# below MongoDB's 16 MiB limit (at most ~4 * 4,096 + 20 * 4 * 300 bytes of text).
+MAX_LINE_BYTES = 64 * 1024
+MAX_RAW_CHARS = 4096
+MAX_REASONS = 20
+MAX_REASON_CHARS = 300
 
 FLIGHT_COLUMNS = (
     "year",
@@ -148,9 +155,14 @@ def source_frames(day: date):
 
 
 def _drop_lines(path: Path) -> Iterator[bytes]:
+    """The drop file's bytes in pieces of 1 MiB (a line of any length is never held whole)."""
+    last = b"\n"
     with open(path, "rb") as fh:
-        for line in fh:
-            yield line if line.endswith(b"\n") else line + b"\n"
+        while piece := fh.read(1 << 20):
+            last = piece[-1:]
+            yield piece
+    if last != b"\n":
+        yield b"\n"
 
 
 def land(day: date, root: Path | None = None) -> dict[str, Any]:
@@ -190,43 +202,73 @@ def landed_carriers(day: date, root: Path | None = None) -> frozenset[str]:
 
 
 def parse_lines(lines: Iterable[bytes], day: date, carriers: frozenset[str]) -> tuple[list[dict], list[dict]]:
-    """Validate raw lines; returns (good documents, rejected records without run id)."""
+    """Validate raw lines; returns (good documents, rejected records without run id).
+
+    No line raises: whatever is wrong with it (length, encoding, syntax, nesting,
+    numbers too long to convert, values) becomes a reason in its rejected record.
+    """
     good: list[dict] = []
     rejected: list[dict] = []
     seen: dict[str, int] = {}
     for number, raw in enumerate(lines, 1):
         body = raw.rstrip(b"\r\n")
-        reasons: list[str]
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            rejected.append(
-                _rejected(day, number, body.decode("utf-8", "backslashreplace"), [f"line is not valid UTF-8 (byte {exc.start})"])
-            )
+        size = getattr(raw, "size", len(body))
+        text, reasons, doc = _check_line(body, size, day, carriers)
+        if doc is not None and doc["_id"] in seen:
+            reasons = [f"duplicate of line {seen[doc['_id']]} (same {'/'.join(NATURAL_KEY)})"]
+        elif doc is not None:
+            seen[doc["_id"]] = number
+            good.append(doc)
             continue
-        if not text.strip():
-            rejected.append(_rejected(day, number, text, ["line is empty"]))
-            continue
-        try:
-            record = json.loads(text)
-        except ValueError as exc:
-            rejected.append(_rejected(day, number, text, [f"line is not valid JSON ({exc.msg} at column {exc.colno})"]))
-            continue
-        checked = validate_flight(record, day, carriers)
-        if not checked.ok:
-            reasons = checked.reasons
-        elif checked.doc["_id"] in seen:
-            reasons = [f"duplicate of line {seen[checked.doc['_id']]} (same {'/'.join(NATURAL_KEY)})"]
-        else:
-            seen[checked.doc["_id"]] = number
-            good.append(checked.doc)
-            continue
-        rejected.append(_rejected(day, number, text, reasons))
+        rejected.append(_rejected(day, number, text, reasons, size))
     return good, rejected
 
 
-def _rejected(day: date, line: int, raw: str, reasons: list[str]) -> dict[str, Any]:
-    return {"_id": f"{day.isoformat()}/line-{line:06d}", "date": day.isoformat(), "line": line, "raw": raw, "reasons": reasons}
+def _check_line(body: bytes, size: int, day: date, carriers: frozenset[str]) -> tuple[str, list[str], dict | None]:
+    """(the line as text, the reasons it is rejected, or the document when there are none)."""
+    if size > MAX_LINE_BYTES:
+        text = body[:MAX_RAW_CHARS].decode("utf-8", "backslashreplace")
+        return text, [f"line is {size:,} bytes, over the limit of {MAX_LINE_BYTES:,} bytes"], None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return body.decode("utf-8", "backslashreplace"), [f"line is not valid UTF-8 (byte {exc.start})"], None
+    if not text.strip():
+        return text, ["line is empty"], None
+    try:
+        record = json.loads(text)
+    except RecursionError:
+        return text, ["line is not valid JSON (nested too deeply)"], None
+    except json.JSONDecodeError as exc:
+        return text, [f"line is not valid JSON ({exc.msg} at column {exc.colno})"], None
+    except ValueError as exc:  # int(): more digits than sys.get_int_max_str_digits()
+        return text, [f"line is not valid JSON (a number longer than {_digits_limit()} digits: {str(exc)[:80]})"], None
+    try:
+        checked = validate_flight(record, day, carriers)
+    except Exception as exc:  # noqa: BLE001 -- a value no rule foresaw (deep nesting in repr, ...): a reason, never a retry
+        return text, [f"record cannot be checked ({type(exc).__name__}: {str(exc)[:120]})"], None
+    return text, checked.reasons, checked.doc if checked.ok else None
+
+
+def _digits_limit() -> int:
+    import sys
+
+    return sys.get_int_max_str_digits()
+
+
+def _rejected(day: date, line: int, raw: str, reasons: list[str], size: int) -> dict[str, Any]:
+    """The quarantine record: the line's first characters and its reasons, both capped."""
+    doc = {
+        "_id": f"{day.isoformat()}/line-{line:06d}",
+        "date": day.isoformat(),
+        "line": line,
+        "raw": raw[:MAX_RAW_CHARS],
+        "reasons": [r[:MAX_REASON_CHARS] for r in reasons[:MAX_REASONS]],
+        "bytes": size,
+    }
+    if len(raw) > MAX_RAW_CHARS or size > MAX_LINE_BYTES:
+        doc["truncated"] = True
+    return doc
 
 
 def ingest(day: date, run_id: str, mongo: Mongo, root: Path | None = None, batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
@@ -234,7 +276,7 @@ def ingest(day: date, run_id: str, mongo: Mongo, root: Path | None = None, batch
     started = time.monotonic()
     manifest = landing.read_manifest(DATASET, day, root)
     carriers = landed_carriers(day, root)
-    good, rejected = parse_lines(landing.read_lines(DATASET, day, "flights.jsonl", root), day, carriers)
+    good, rejected = parse_lines(landing.read_lines(DATASET, day, "flights.jsonl", root, MAX_LINE_BYTES), day, carriers)
     for doc in rejected:
         doc["run_id"] = run_id
     read = len(good) + len(rejected)

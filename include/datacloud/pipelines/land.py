@@ -34,7 +34,7 @@ def day_dir(dataset: str, day: date, root: Path | None = None) -> Path:
 
 
 def land_day(dataset: str, day: date, files: dict[str, Iterable[bytes]], root: Path | None = None) -> dict:
-    """Write ``files`` (name -> lines as bytes, each ending in a newline) as the day's drop.
+    """Write ``files`` (name -> bytes, ending in a newline: lines or pieces of lines) as the day's drop.
 
     Returns the manifest: per file its line count, size and sha256.
     """
@@ -48,10 +48,10 @@ def land_day(dataset: str, day: date, files: dict[str, Iterable[bytes]], root: P
         digest = hashlib.sha256()
         count = size = 0
         with open(tmp / name, "wb") as fh:
-            for line in lines:
+            for line in lines:  # lines, or pieces of them: a line is counted at its newline
                 fh.write(line)
                 digest.update(line)
-                count += 1
+                count += line.count(b"\n")
                 size += len(line)
             fh.flush()
             os.fsync(fh.fileno())
@@ -76,8 +76,32 @@ def read_manifest(dataset: str, day: date, root: Path | None = None) -> dict:
         raise UserError(f"nothing is landed for {dataset} on {day} ({path} is missing); run the land task first.") from None
 
 
-def read_lines(dataset: str, day: date, name: str, root: Path | None = None) -> Iterable[bytes]:
-    """The raw lines of one landed file (bytes; decoding is the reader's business)."""
+class LongLine(bytes):
+    """The first bytes of a line longer than a reader's cap; ``size`` is the whole line's length."""
+
+    size: int
+
+
+def read_lines(dataset: str, day: date, name: str, root: Path | None = None, max_bytes: int | None = None) -> Iterable[bytes]:
+    """The raw lines of one landed file (bytes; decoding is the reader's business).
+
+    With ``max_bytes``, no line is held in memory beyond that: a longer one is
+    yielded as a ``LongLine`` of its first ``max_bytes + 1`` bytes, the rest read
+    past in pieces and counted in its ``size`` (newline excluded).
+    """
     path = day_dir(dataset, day, root) / name
     with open(path, "rb") as fh:
-        yield from fh
+        if max_bytes is None:
+            yield from fh
+            return
+        while line := fh.readline(max_bytes + 1):
+            if len(line) <= max_bytes or line.endswith(b"\n"):
+                yield line
+                continue
+            size = len(line)
+            while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                size += len(rest)
+            size += len(rest.rstrip(b"\n"))
+            long = LongLine(line)
+            long.size = size
+            yield long

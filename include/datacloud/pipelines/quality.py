@@ -88,7 +88,7 @@ def measure(day: date, mongo, root=None) -> Measured:
     from datacloud.pipelines.validation import NATURAL_KEY
 
     manifest = land.read_manifest(flights.DATASET, day, root)
-    lines = land.read_lines(flights.DATASET, day, "flights.jsonl", root)
+    lines = land.read_lines(flights.DATASET, day, "flights.jsonl", root, flights.MAX_LINE_BYTES)
     good, _ = flights.parse_lines(lines, day, flights.landed_carriers(day, root))
     key = day.isoformat()
     db = mongo.db

@@ -165,7 +165,7 @@ def validate_flight(record: Any, day: date, carriers: frozenset[str] | set[str])
     if {"year", "month", "day"} <= v.keys():
         try:
             flown = date(v["year"], v["month"], v["day"])
-        except ValueError:
+        except (ValueError, OverflowError):
             reasons.append(f"year/month/day {v['year']}-{v['month']}-{v['day']} is not a calendar date")
         else:
             if flown != day:
