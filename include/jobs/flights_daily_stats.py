@@ -63,12 +63,32 @@ WEATHER_SCHEMA = T.StructType(
 AIRLINE_SCHEMA = T.StructType([T.StructField("carrier", T.StringType()), T.StructField("name", T.StringType())])
 
 DELAY_STATS_FIELDS = (
-    "_id", "date", "carrier", "carrier_name", "flights", "cancelled", "departed", "arrived", "mean_dep_delay",
-    "mean_arr_delay", "p90_dep_delay", "delayed_15_share", "precip_share",
+    "_id",
+    "date",
+    "carrier",
+    "carrier_name",
+    "flights",
+    "cancelled",
+    "departed",
+    "arrived",
+    "mean_dep_delay",
+    "mean_arr_delay",
+    "p90_dep_delay",
+    "delayed_15_share",
+    "precip_share",
 )
 ORIGIN_WEATHER_FIELDS = (
-    "_id", "date", "origin", "flights", "cancelled", "mean_dep_delay", "mean_arr_delay",
-    "weather_hours", "mean_precip", "mean_visib", "mean_wind_speed",
+    "_id",
+    "date",
+    "origin",
+    "flights",
+    "cancelled",
+    "mean_dep_delay",
+    "mean_arr_delay",
+    "weather_hours",
+    "mean_precip",
+    "mean_visib",
+    "mean_wind_speed",
 )
 
 
