@@ -47,9 +47,39 @@ def default_inventory() -> Path:
     return own if own.exists() else REPO_ROOT / "inventory.example.yaml"
 
 
+INVENTORY_DIRS_ENV = "DATACLOUD_INVENTORY_DIRS"
+INVENTORY_SUFFIXES = (".yaml", ".yml")
+
+
+def inventory_dirs() -> list[Path]:
+    """Where inventory files may live: the project folder, the data folder (the lab writes
+    its inventory there) and the folders an administrator lists in DATACLOUD_INVENTORY_DIRS
+    (separated by ':')."""
+    extra = [Path(p) for p in os.environ.get(INVENTORY_DIRS_ENV, "").split(os.pathsep) if p.strip()]
+    return [p.resolve() for p in (REPO_ROOT, data_dir(), *extra)]
+
+
 def resolve_inventory_path(value: str | os.PathLike[str] | None) -> Path:
-    """A relative inventory path is taken from the repository root."""
+    """A relative inventory path is taken from the repository root. The path, after
+    symlinks, must name a .yaml/.yml file inside one of :func:`inventory_dirs`: a trigger
+    form cannot point the platform at /dev/zero, a FIFO or a secret elsewhere on the host."""
+    from datacloud.errors import InventoryError
+
     if not value:
         return default_inventory()
     path = Path(value)
-    return path if path.is_absolute() else REPO_ROOT / path
+    path = path if path.is_absolute() else REPO_ROOT / path
+    text = str(value)
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    if "\x00" in text or "\n" in text:
+        raise InventoryError(f"inventory path {shown!r} contains a control character; use a plain file path.")
+    if path.suffix not in INVENTORY_SUFFIXES:
+        raise InventoryError(f"inventory path {shown} does not end in .yaml or .yml; name the inventory like inventory.yaml.")
+    real = path.resolve()
+    dirs = inventory_dirs()
+    if not any(real.is_relative_to(d) for d in dirs):
+        raise InventoryError(
+            f"inventory path {shown} is outside the inventory folders ({', '.join(map(str, dirs))}); "
+            f"move it into the project folder or add its folder to {INVENTORY_DIRS_ENV}."
+        )
+    return real

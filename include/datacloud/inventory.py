@@ -9,14 +9,20 @@ values without ever having to trust them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import itertools
 import math
+import os
 import re
+import reprlib
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from datacloud.errors import InventoryError
 
@@ -25,9 +31,29 @@ DEVICE = re.compile(r"^/dev/[a-zA-Z0-9][a-zA-Z0-9/_.-]{0,62}$")
 INTERFACE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$")
 UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 K8S_VERSION = re.compile(r"^1\.(\d{2})\.(\d{1,3})$")
-LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 RETENTION = re.compile(r"^[1-9][0-9]{0,3}[hdw]$")
+
+# What an inventory file may be: a regular file of at most this size, whose YAML
+# expands to at most this many values, nested at most this deep (inventory.example.yaml:
+# about 4 KiB, 300 values, depth 5).
+MAX_INVENTORY_BYTES = 1 << 20
+MAX_YAML_VALUES = 50_000
+MAX_YAML_DEPTH = 16
+
+# Kubernetes releases the platform accepts: minor -> newest patch published when this
+# was written (kubernetes.io/releases, November 2025). 1.31 is the oldest minor whose
+# kubeadm reads the v1beta4 configuration of manifests/kubernetes; 1.34.2 is what
+# manifests/versions.yaml pins and the lab runs. A version outside this table does
+# not exist (or is not known yet): add the new patch here when one ships.
+KUBERNETES_RELEASES = {31: 14, 32: 10, 33: 6, 34: 2}
+
+# kube-controller-manager gives every node a /24 of the pod CIDR (kubeadm's default
+# node-cidr-mask-size) and refuses a cluster CIDR more than 16 bits shorter than that;
+# kube-apiserver refuses a service range larger than a /12.
+NODE_POD_PREFIX = 24
+MIN_POD_PREFIX = NODE_POD_PREFIX - 16
+MIN_SERVICE_PREFIX = 12
+MAX_SERVICE_PREFIX = 24  # at least 256 addresses: the platform's Services, DNS at the tenth
 
 # kubeadm's documented minimums for a control-plane node and a worker.
 KUBEADM_MIN_CPU = {"control-plane": 2, "worker": 1}
@@ -42,7 +68,7 @@ class _Model(BaseModel):
 
 def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise ValueError(f"{value!r} is not {what}")
+        raise ValueError(f"{_short(value)} is not {what}")
     return value
 
 
@@ -60,7 +86,11 @@ class Cluster(_Model):
     @field_validator("kubernetes_version")
     @classmethod
     def _version(cls, v: str) -> str:
-        return _check(K8S_VERSION, v, "a Kubernetes version like 1.34.2")
+        _check(K8S_VERSION, v, "a Kubernetes version like 1.34.2")
+        if not kubernetes_release_exists(v):
+            known = ", ".join(f"1.{m}.0-1.{m}.{p}" for m, p in KUBERNETES_RELEASES.items())
+            raise ValueError(f"{v} is not a Kubernetes release the platform knows ({known})")
+        return v
 
 
 class Network(_Model):
@@ -87,10 +117,10 @@ class Network(_Model):
 
 class Ssh(_Model):
     user: str = "root"
-    port: int = Field(default=22, ge=1, le=65535)
+    port: int = Field(strict=True, default=22, ge=1, le=65535)
     become: bool = False
-    connect_timeout_s: int = Field(default=10, ge=1, le=300)
-    command_timeout_s: int = Field(default=1800, ge=10, le=86400)
+    connect_timeout_s: int = Field(strict=True, default=10, ge=1, le=300)
+    command_timeout_s: int = Field(strict=True, default=1800, ge=10, le=86400)
 
     @field_validator("user")
     @classmethod
@@ -158,7 +188,7 @@ class KubernetesSettings(_Model):
     cgroup_driver: Literal["systemd", "cgroupfs"] = "systemd"  # cgroupfs: nodes without systemd as init
     allow_cgroup_v1: bool = False  # kubelet failCgroupV1: false (1.35+ refuse cgroup v1 hosts)
     per_node_cgroup_root: bool = False  # kubelet --cgroup-root=/datacloud-<cluster>-<node> (nodes sharing a kernel)
-    kube_proxy_conntrack_max_per_core: int | None = Field(default=None, ge=0, le=1_000_000)  # 0: keep the kernel's
+    kube_proxy_conntrack_max_per_core: int | None = Field(strict=True, default=None, ge=0, le=1_000_000)  # 0: keep the kernel's
     ignore_preflight_errors: list[str] = Field(default_factory=list, max_length=20)  # kubeadm checks, e.g. SystemVerification
     image_repository: str | None = None  # kubeadm imageRepository (a private registry holding the control-plane images)
 
@@ -198,37 +228,53 @@ class ContainerdSettings(_Model):
 
 class Disk(_Model):
     device: str
-    size_gb: int = Field(ge=1, le=1_000_000)
+    size_gb: int = Field(strict=True, ge=1, le=1_000_000)
     use: Literal["ceph", "none"] = "none"
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        return _check(DEVICE, v, "a device path like /dev/sdb")
+        _check(DEVICE, v, "a device path like /dev/sdb")
+        if any(part in (".", "..") for part in v.split("/")):
+            raise ValueError(f"{_short(v)} climbs out of /dev with '.' or '..'; name the device like /dev/sdb")
+        return v
 
 
 class Node(_Model):
     name: str
     address: ipaddress.IPv4Address
     roles: list[Role] = Field(default_factory=lambda: ["worker"], min_length=1)
-    cpu: int = Field(ge=1, le=1024)
-    memory_gb: float = Field(gt=0, le=16384)
+    cpu: int = Field(strict=True, ge=1, le=1024)
+    memory_gb: float = Field(strict=True, gt=0, le=16384)
     disks: list[Disk] = Field(default_factory=list)
-    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_labels(cls, data: Any) -> Any:
+        # Node labels were accepted once but no stage ever applied them to the nodes.
+        if isinstance(data, dict) and "labels" in data:
+            raise PydanticCustomError("labels_removed", "node labels are not applied by any stage")
+        return data
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return _check(DNS1123_LABEL, v, "a DNS-1123 label (lowercase letters, digits and '-', at most 63)")
 
-    @field_validator("labels")
+    @field_validator("address")
     @classmethod
-    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, value in v.items():
-            _check(LABEL_KEY, key, "a Kubernetes label key")
-            if not isinstance(value, str):
-                raise ValueError(f"label {key} must be a string")
-            _check(LABEL_VALUE, value, "a Kubernetes label value")
+    def _address(cls, v: ipaddress.IPv4Address) -> ipaddress.IPv4Address:
+        for what, bad in (
+            ("a loopback address", v.is_loopback),
+            ("a link-local address", v.is_link_local),
+            ("a multicast address", v.is_multicast),
+            ("the unspecified address", v.is_unspecified),
+            ("a reserved address", v.is_reserved),
+        ):
+            if bad:
+                raise ValueError(f"{v} is {what}; use the node's address on the private network")
+        if v in local_addresses():
+            raise ValueError(f"{v} is an address of this Airflow host itself; list the cluster's machines, not the admin host")
         return v
 
     @property
@@ -251,9 +297,9 @@ class Node(_Model):
 
 
 class Resources(_Model):
-    cpu_m: int = Field(ge=1, le=256_000)
-    memory_mb: int = Field(ge=16, le=4_000_000)
-    limit_memory_mb: int | None = Field(default=None, ge=16, le=4_000_000)
+    cpu_m: int = Field(strict=True, ge=1, le=256_000)
+    memory_mb: int = Field(strict=True, ge=16, le=4_000_000)
+    limit_memory_mb: int | None = Field(strict=True, default=None, ge=16, le=4_000_000)
 
     @model_validator(mode="after")
     def _limit(self) -> Resources:
@@ -277,7 +323,7 @@ class StorageSettings(_Model):
     mon: Resources = _r(200, 512, 1024)
     mgr: Resources = _r(200, 512, 1024)
     osd: Resources = _r(300, 1152, 2048)
-    osd_memory_target_mb: int = Field(default=1024, ge=896, le=1_000_000)
+    osd_memory_target_mb: int = Field(strict=True, default=1024, ge=896, le=1_000_000)
     mds: Resources = _r(100, 384, 768)
     # CSI pods are several containers; these are per-pod totals that the render
     # splits over the containers (driver 2 shares, each sidecar 1 share).
@@ -286,20 +332,20 @@ class StorageSettings(_Model):
     exporter: Resources = _r(20, 32, 128)  # ceph-exporter, one per node with Ceph daemons
     prepare_osd: Resources = _r(100, 128, 512)  # short-lived osd-prepare jobs (not in the capacity catalogue)
     local_path: Resources = _r(10, 32, 128)
-    health_timeout_s: int = Field(default=1800, ge=60, le=86400)
+    health_timeout_s: int = Field(strict=True, default=1800, ge=60, le=86400)
 
 
 class MongoSettings(_Model):
-    shards: int = Field(default=2, ge=1, le=64)
-    replicas: int = Field(default=3, ge=1, le=7)
-    config_replicas: int = Field(default=3, ge=1, le=7)
-    mongos: int = Field(default=2, ge=1, le=16)
+    shards: int = Field(strict=True, default=2, ge=1, le=64)
+    replicas: int = Field(strict=True, default=3, ge=1, le=7)
+    config_replicas: int = Field(strict=True, default=3, ge=1, le=7)
+    mongos: int = Field(strict=True, default=2, ge=1, le=16)
     operator: Resources = _r(100, 128, 256)
     shard: Resources = _r(300, 768, 1024)
     config: Resources = _r(100, 384, 512)
     router: Resources = _r(100, 192, 384)
-    volume_gb: int = Field(default=50, ge=1, le=1_000_000)
-    node_port: int | None = Field(default=None, ge=30000, le=32767)
+    volume_gb: int = Field(strict=True, default=50, ge=1, le=1_000_000)
+    node_port: int | None = Field(strict=True, default=None, ge=30000, le=32767)
 
     @property
     def wiredtiger_cache_gb(self) -> float:
@@ -310,11 +356,11 @@ class MongoSettings(_Model):
 class SparkSettings(_Model):
     operator: Resources = _r(100, 128, 256)
     history_server: Resources = _r(100, 512, 1024)
-    min_executors: int = Field(default=1, ge=0, le=1000)
-    max_executors: int = Field(default=4, ge=1, le=1000)
+    min_executors: int = Field(strict=True, default=1, ge=0, le=1000)
+    max_executors: int = Field(strict=True, default=4, ge=1, le=1000)
     executor: Resources = _r(1000, 1024, 1536)
     driver: Resources = _r(500, 1024, 1536)
-    event_log_volume_gb: int = Field(default=10, ge=1, le=100_000)
+    event_log_volume_gb: int = Field(strict=True, default=10, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _executors(self) -> SparkSettings:
@@ -327,13 +373,13 @@ class JupyterSettings(_Model):
     hub: Resources = _r(100, 256, 512)
     proxy: Resources = _r(50, 96, 256)
     user: Resources = _r(500, 1024, 2048)
-    volume_gb: int = Field(default=10, ge=1, le=100_000)
-    cull_idle_s: int = Field(default=3600, ge=300, le=604800)
+    volume_gb: int = Field(strict=True, default=10, ge=1, le=100_000)
+    cull_idle_s: int = Field(strict=True, default=3600, ge=300, le=604800)
 
 
 class MonitoringSettings(_Model):
     retention: str = "7d"
-    retention_size_gb: int = Field(default=15, ge=1, le=100_000)
+    retention_size_gb: int = Field(strict=True, default=15, ge=1, le=100_000)
     prometheus: Resources = _r(200, 1024, 2048)
     grafana: Resources = _r(100, 192, 384)
     alertmanager: Resources = _r(20, 64, 128)
@@ -352,7 +398,7 @@ class MonitoringSettings(_Model):
 class CapacitySettings(_Model):
     # Share of allocatable memory the platform may request; the rest is kept
     # for Spark executors and notebooks.
-    max_platform_share: float = Field(default=0.60, gt=0, le=1)
+    max_platform_share: float = Field(strict=True, default=0.60, gt=0, le=1)
 
 
 class Components(_Model):
@@ -381,7 +427,8 @@ class Inventory(_Model):
         for i, node in enumerate(self.nodes):
             if node.name in seen_names:
                 raise _FieldProblem(
-                    f"nodes[{i}].name", f"{node.name!r} is already used by nodes[{seen_names[node.name]}]; node names must be unique"
+                    f"nodes[{i}].name",
+                    f"{node.name!r} is already used by nodes[{seen_names[node.name]}]; node names must be unique",
                 )
             seen_names[node.name] = i
             if node.address in seen_addrs:
@@ -397,7 +444,8 @@ class Inventory(_Model):
                 )
             if node.address in (self.network.subnet.network_address, self.network.subnet.broadcast_address):
                 raise _FieldProblem(
-                    f"nodes[{i}].address", f"{node.address} is the network or broadcast address of {self.network.subnet}; use a host address"
+                    f"nodes[{i}].address",
+                    f"{node.address} is the network or broadcast address of {self.network.subnet}; use a host address",
                 )
             devices = [d.device for d in node.disks]
             if len(set(devices)) != len(devices):
@@ -417,16 +465,41 @@ class Inventory(_Model):
                         f"{nets[names[a]]} ({names[a]}) overlaps {nets[names[b]]} ({names[b]}); pick ranges that do not overlap",
                     )
 
+        pod = self.cluster.pod_cidr
+        need = max(0, math.ceil(math.log2(len(self.nodes))))  # bits for one /24 per node
+        if pod.prefixlen > NODE_POD_PREFIX - need:
+            raise _FieldProblem(
+                "cluster.pod_cidr",
+                f"{pod} is too small for {len(self.nodes)} node(s), which get a /{NODE_POD_PREFIX} each; "
+                f"use a /{NODE_POD_PREFIX - need} or larger",
+            )
+        if pod.prefixlen < MIN_POD_PREFIX:
+            raise _FieldProblem(
+                "cluster.pod_cidr",
+                f"{pod} is too large (kube-controller-manager takes at most a /{MIN_POD_PREFIX} for /{NODE_POD_PREFIX} "
+                "node ranges); use something like 10.244.0.0/16",
+            )
+        svc = self.cluster.service_cidr
+        if not MIN_SERVICE_PREFIX <= svc.prefixlen <= MAX_SERVICE_PREFIX:
+            size = "too large (kube-apiserver takes at most a /12)" if svc.prefixlen < MIN_SERVICE_PREFIX else "too small"
+            raise _FieldProblem(
+                "cluster.service_cidr",
+                f"{svc} is {size}; use a /{MIN_SERVICE_PREFIX} to /{MAX_SERVICE_PREFIX} like 10.96.0.0/12",
+            )
+
         control = [n for n in self.nodes if n.is_control_plane]
         if len(control) != 1:
             raise _FieldProblem(
-                "nodes", f"exactly one node must have the role control-plane, found {len(control)}; set roles: [control-plane] on one node"
+                "nodes",
+                f"exactly one node must have the role control-plane, found {len(control)}; set roles: [control-plane] on one node",
             )
         if not any(n.schedulable for n in self.nodes):
             raise _FieldProblem("nodes", "no node has the role worker; give at least one node the role worker")
 
         if self.network.gateway is not None and self.network.gateway not in seen_names:
-            raise _FieldProblem("network.gateway", f"{self.network.gateway!r} is not the name of a node; name one of the nodes")
+            raise _FieldProblem(
+                "network.gateway", f"{_short(self.network.gateway)} is not the name of a node; name one of the nodes"
+            )
         if self.network.gateway is None and not self.network.own_uplink:
             raise _FieldProblem(
                 "network.gateway", "no gateway node is named; name the node with internet access, or set network.own_uplink: true"
@@ -524,18 +597,39 @@ class _FieldProblem(ValueError):
 # --- turning pydantic's errors into one sentence each ---
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
+        elif isinstance(part, str) and _PLAIN_KEY.fullmatch(part):
+            out += ("." if out else "") + part
+        else:  # a key of the user's that is not a plain word (newlines, dots, 1 MB of text)
+            out += f"[{_short(part)}]"
     return out or "inventory"
 
 
+_EXCERPT = reprlib.Repr()  # keyword arguments only from Python 3.12
+for _name, _limit in {
+    "maxlevel": 2,
+    "maxtuple": 3,
+    "maxlist": 3,
+    "maxdict": 3,
+    "maxset": 3,
+    "maxstring": 50,
+    "maxother": 50,
+    "maxlong": 40,
+}.items():
+    setattr(_EXCERPT, _name, _limit)
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A short excerpt of a value for an error message: never the whole of a large (or
+    aliased) value, which reprlib does not even walk, and never more than one line."""
+    text = _EXCERPT.repr(value).replace("\n", " ")
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -548,6 +642,11 @@ def _sentence(err: dict[str, Any]) -> str:
     if kind == "value_error" and isinstance(ctx.get("error"), _FieldProblem):
         problem: _FieldProblem = ctx["error"]
         return f"{problem.path}: {problem.message}."
+    if kind == "labels_removed":
+        return (
+            f"{path}.labels: node labels are not part of the inventory any more (no stage applied them to the nodes); "
+            "remove them and label nodes with kubectl label node if you need labels."
+        )
     if kind == "missing":
         return f"{path} is missing; add it (see inventory.example.yaml)."
     if kind == "extra_forbidden":
@@ -589,10 +688,32 @@ def problems_of(exc: ValidationError) -> list[str]:
     return [_sentence(e) for e in exc.errors(include_url=False)]
 
 
+def _measure(data: Any, source: str) -> None:
+    """Refuse YAML that expands past MAX_YAML_VALUES values (aliases of aliases: a
+    "billion laughs" document is small on disk) or nests past MAX_YAML_DEPTH, before
+    anything walks it recursively. Iterative, and stops at the first limit."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise InventoryError(
+                f"{source} expands to more than {MAX_YAML_VALUES} values (YAML aliases?); write the inventory out plainly."
+            )
+        if depth > MAX_YAML_DEPTH:
+            raise InventoryError(f"{source} is nested too deeply; keep to the layout of inventory.example.yaml.")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for kv in value.items() for v in kv)
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def parse_inventory(data: Any, source: str = "inventory") -> Inventory:
     """Validate already-loaded YAML data."""
     if not isinstance(data, dict):
         raise InventoryError(f"{source} must be a YAML mapping with at least a 'nodes' list; see inventory.example.yaml.")
+    _measure(data, source)
     try:
         return Inventory.model_validate(data)
     except ValidationError as exc:
@@ -604,30 +725,128 @@ def parse_inventory(data: Any, source: str = "inventory") -> Inventory:
         raise InventoryError(f"{source} is nested too deeply; keep to the layout of inventory.example.yaml.") from None
 
 
-def load_inventory(path: str | Path) -> Inventory:
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def read_inventory_file(path: str | Path) -> str:
+    """The text of an inventory file: a regular file (never a device, FIFO or socket,
+    which could block or never end) of at most MAX_INVENTORY_BYTES, in UTF-8."""
     path = Path(path)
+    shown = _shown(str(path))
     try:
-        text = path.read_text(encoding="utf-8")
+        before = os.stat(path)
+        if not stat.S_ISREG(before.st_mode):
+            raise InventoryError(
+                f"inventory file {shown} is a {_kind(before.st_mode)}, not a regular file; point it at a YAML file."
+            )
+        # O_NONBLOCK: a FIFO swapped in after the check cannot block the open
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise InventoryError(
-            f"inventory file {path} does not exist; copy inventory.example.yaml to inventory.yaml and edit it."
+            f"inventory file {shown} does not exist; copy inventory.example.yaml to inventory.yaml and edit it."
         ) from None
-    except UnicodeDecodeError:
-        raise InventoryError(f"inventory file {path} is not UTF-8 text; save it as UTF-8.") from None
     except OSError as exc:
-        raise InventoryError(f"inventory file {path} cannot be read ({exc.strerror}); check the path and permissions.") from None
-    return parse_inventory_text(text, str(path))
+        raise InventoryError(f"inventory file {shown} cannot be read ({exc.strerror}); check the path and permissions.") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise InventoryError(f"inventory file {shown} is a {_kind(st.st_mode)}, not a regular file; point it at a YAML file.")
+        raw = f.read(MAX_INVENTORY_BYTES + 1)
+    if len(raw) > MAX_INVENTORY_BYTES:
+        raise InventoryError(
+            f"inventory file {shown} is larger than {MAX_INVENTORY_BYTES // 1024} KiB, far more than an inventory needs; "
+            "point it at the inventory YAML."
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InventoryError(f"inventory file {shown} is not UTF-8 text; save it as UTF-8.") from None
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    path = Path(path)
+    return parse_inventory_text(read_inventory_file(path), str(path))
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise _DuplicateKey(
+                    None,
+                    None,
+                    f"key {_short(key)} appears twice in one mapping (also line {seen[key].line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def _shown(text: str) -> str:
+    """A path or source name as quoted in an error: one line, at most 160 characters."""
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def parse_inventory_text(text: str, source: str = "inventory") -> Inventory:
+    shown = _shown(source)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a yaml.SafeLoader
+    except _DuplicateKey as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
+        raise InventoryError(f"{shown} is not valid at line {line}: {exc.problem}; keep one of them.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise InventoryError(f"{source} is not valid YAML{where} ({problem}); fix the syntax there.") from None
-    return parse_inventory(data, source)
+        problem = str(getattr(exc, "problem", None) or "syntax error").replace("\n", " ")[:80]
+        raise InventoryError(f"{shown} is not valid YAML{where} ({problem}); fix the syntax there.") from None
+    except RecursionError:
+        raise InventoryError(f"{shown} is nested too deeply; keep to the layout of inventory.example.yaml.") from None
+    return parse_inventory(data, shown)
+
+
+def kubernetes_release_exists(version: str) -> bool:
+    """Whether 1.<minor>.<patch> is a release in KUBERNETES_RELEASES."""
+    m = K8S_VERSION.fullmatch(version)
+    return bool(m) and int(m.group(2)) <= KUBERNETES_RELEASES.get(int(m.group(1)), -1)
+
+
+@functools.cache
+def local_addresses() -> frozenset[ipaddress.IPv4Address]:
+    """The IPv4 addresses of the host this runs on (the Airflow host), from the kernel's
+    local routing table; empty where /proc/net/fib_trie does not exist."""
+    try:
+        lines = Path("/proc/net/fib_trie").read_text().splitlines()
+    except OSError:
+        return frozenset()
+    out = set()
+    for prev, line in itertools.pairwise(lines):
+        if line.strip() == "/32 host LOCAL":
+            m = re.search(r"(\d{1,3}(?:\.\d{1,3}){3})\s*$", prev)
+            if m:
+                out.add(ipaddress.IPv4Address(m.group(1)))
+    return frozenset(out)
 
 
 # --- allocatable resources, as kubelet reserves them on a node ---

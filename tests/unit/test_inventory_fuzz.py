@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from datacloud import capacity
@@ -26,7 +26,9 @@ scalars = st.one_of(
     st.sampled_from(HOSTILE),
     st.sampled_from(["192.168.1.9", "192.168.1.0/24", "10.96.0.0/12", "ceph", "none", "worker", "control-plane", "/dev/sdc"]),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6
+)
 
 
 def _paths(node, prefix=()):
@@ -63,8 +65,15 @@ def inventories(draw):
     return data
 
 
+# Hypothesis found it: a field name with a newline in it made a two-line message.
+NEWLINE_KEY = copy.deepcopy(BASE)
+NEWLINE_KEY["nodes"][0]["a\nb"] = 1
+
+
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(inventories())
+@example(NEWLINE_KEY)
+@example({"nodes": [{"\n": None}]})
 def test_valid_or_one_sentence(data) -> None:
     try:
         inv = parse_inventory(data)
