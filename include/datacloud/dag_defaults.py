@@ -1,4 +1,6 @@
-"""Defaults every DAG shares: owner, retries with exponential backoff, start date.
+"""Defaults every DAG shares: owner, retries with exponential backoff, start date, and an
+``execution_timeout`` so that no task can hang forever (a DAG gives longer-running tasks
+their own, e.g. the provisioning steps: datacloud.stages._dag.STEP_TIMEOUT).
 
 User-fixable errors bypass these retries: tasks raise them inside
 ``datacloud.errors.fail_fast()``, which turns them into AirflowFailException.
@@ -17,4 +19,5 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(seconds=20),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=5),
+    "execution_timeout": timedelta(hours=1),
 }

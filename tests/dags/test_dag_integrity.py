@@ -67,6 +67,9 @@ for dag_id, dag in bag.dags.items():
         "tasks": len(dag.tasks),
         "schedule": type(dag.timetable).__name__,
         "params": {k: {**dict(v.schema), "description": v.description} for k, v in dag.params.items()},
+        "timeouts": {
+            t.task_id: t.execution_timeout.total_seconds() if t.execution_timeout is not None else None for t in dag.tasks
+        },
     }
 print("RESULT" + json.dumps(out))
 """
@@ -77,7 +80,7 @@ def parse(path: Path) -> dict:
     proc = subprocess.run([sys.executable, "-c", PARSE, str(path)], capture_output=True, text=True, env=env, timeout=180)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
     assert line, f"parsing {path.name} crashed:\n{proc.stderr[-3000:]}"
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +111,10 @@ def test_dag_file(path: Path, parsed: dict[str, dict]) -> None:
         assert dag["owner"] == ["datacloud"], f"{dag_id} owners {dag['owner']}"
         assert min(dag["retries"]) >= 2, f"{dag_id} has tasks with retries {dag['retries']}"
         assert dag["doc_md"], f"{dag_id} has no doc_md"
+        for task_id, timeout in dag["timeouts"].items():
+            # no task may hang forever; none needs more than the provisioning steps' 2 hours
+            assert timeout is not None, f"{dag_id}.{task_id} has no execution_timeout"
+            assert 0 < timeout <= 2 * 3600, f"{dag_id}.{task_id} execution_timeout {timeout}s"
         for name, schema in dag["params"].items():
             assert schema.get("title") and schema.get("description"), f"{dag_id} Param {name} needs a title and a description"
             assert schema.get("type"), f"{dag_id} Param {name} needs a type"
@@ -116,10 +123,19 @@ def test_dag_file(path: Path, parsed: dict[str, dict]) -> None:
 def test_parse_time_guard_can_fail(tmp_path: Path) -> None:
     """The checks above are real: a DAG that reads a Variable at parse time is caught."""
     bad = tmp_path / "bad_dag.py"
-    bad.write_text(
-        "from airflow.sdk import DAG, Variable\n"
-        "Variable.get('x')\n"
-        "with DAG('bad', schedule=None):\n    pass\n"
-    )
+    bad.write_text("from airflow.sdk import DAG, Variable\nVariable.get('x')\nwith DAG('bad', schedule=None):\n    pass\n")
     result = parse(bad)
     assert result["lookups"] == ["Variable.get"]
+
+
+def test_timeout_guard_can_fail(tmp_path: Path) -> None:
+    """A task without an execution_timeout is seen (the check in test_dag_file is real)."""
+    bad = tmp_path / "no_timeout_dag.py"
+    bad.write_text(
+        "from datetime import timedelta\n"
+        "from airflow.sdk import DAG, task\n"
+        "with DAG('no_timeout', schedule=None):\n"
+        "    task(task_id='forever')(lambda: None)()\n"
+        "    task(task_id='bounded', execution_timeout=timedelta(minutes=1))(lambda: None)()\n"
+    )
+    assert parse(bad)["dags"]["no_timeout"]["timeouts"] == {"forever": None, "bounded": 60.0}

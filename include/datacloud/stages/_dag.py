@@ -21,6 +21,12 @@ from datacloud.stages import STAGES, stage_module
 NODES_POOL = config.NODES_POOL
 MAX_PARALLEL_NODES = config.NODES_POOL_SLOTS
 
+# The longest a provisioning step may run before Airflow stops it (and retries it): its
+# waits are 30 minutes by default (Ceph health, MongoDB ready, one SSH command), a step
+# may chain a few of them. Listing the nodes takes seconds.
+STEP_TIMEOUT = timedelta(hours=2)
+NODE_LIST_TIMEOUT = timedelta(minutes=10)
+
 
 def asset(stage: str) -> Asset:
     return Asset(f"datacloud://platform/{stage}")
@@ -159,7 +165,9 @@ def stage_group(stage: str) -> TaskGroup | None:
         for i, step in enumerate(steps):
             outlets = [asset(stage)] if i == len(steps) - 1 else []
             if step.nodes is not None:
-                nodes = task(task_id=f"{step.name}_nodes", trigger_rule="none_failed")(_node_list)(stage, step.name)
+                nodes = task(task_id=f"{step.name}_nodes", trigger_rule="none_failed", execution_timeout=NODE_LIST_TIMEOUT)(
+                    _node_list
+                )(stage, step.name)
                 if tasks:
                     tasks[-1] >> nodes
                 mapped = (
@@ -171,6 +179,7 @@ def stage_group(stage: str) -> TaskGroup | None:
                         outlets=outlets,
                         map_index_template="{{ node_name }}",
                         retry_delay=timedelta(seconds=5),
+                        execution_timeout=STEP_TIMEOUT,
                     )(_run_node)
                     .partial(stage=stage, step=step.name)
                     .expand(node=nodes)
@@ -179,9 +188,13 @@ def stage_group(stage: str) -> TaskGroup | None:
                 previous_out = mapped
             else:
                 kwargs = {"previous": previous_out} if step.previous else {}
-                single = task(task_id=step.name, trigger_rule="none_failed", outlets=outlets, retry_delay=timedelta(seconds=5))(
-                    _run_single
-                )(stage, step.name, **kwargs)
+                single = task(
+                    task_id=step.name,
+                    trigger_rule="none_failed",
+                    outlets=outlets,
+                    retry_delay=timedelta(seconds=5),
+                    execution_timeout=STEP_TIMEOUT,
+                )(_run_single)(stage, step.name, **kwargs)
                 if tasks:
                     tasks[-1] >> single
                 tasks.append(single)
