@@ -112,10 +112,19 @@ def _selected(stage: str, params: Any) -> None:
     from airflow.sdk.exceptions import AirflowSkipException
 
     from datacloud.errors import fail_fast
-    from datacloud.stages._common import RunParams
+    from datacloud.inventory import KUBERNETES_RELEASES, kubernetes_release_exists
+    from datacloud.stages._common import ParamsError, RunParams
 
     with fail_fast():
-        chosen = RunParams.from_params(params).stages
+        run = RunParams.from_params(params)
+        # the Param overrides the inventory's version, so it must name a real release too
+        if run.kubernetes_version and not kubernetes_release_exists(run.kubernetes_version):
+            newest = ", ".join(f"1.{m}.{p}" for m, p in KUBERNETES_RELEASES.items())
+            raise ParamsError(
+                f"Param kubernetes_version {run.kubernetes_version} is not a Kubernetes release the platform knows "
+                f"(up to {newest}); leave it empty for the inventory's."
+            )
+        chosen = run.stages
     if stage in STAGES and stage not in chosen:
         raise AirflowSkipException(f"stage {stage} is not selected in this run")
 
