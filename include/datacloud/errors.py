@@ -29,6 +29,6 @@ def fail_fast() -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(str(exc)) from None

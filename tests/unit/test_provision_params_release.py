@@ -4,7 +4,7 @@ without the inventory's validation: every task checks it against the known relea
 from __future__ import annotations
 
 import pytest
-from airflow.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from datacloud.stages._dag import _selected
 
