@@ -257,10 +257,17 @@ def _mask(value: str) -> None:
     mask_secret(value)
 
 
+def _mask_values(data: dict[str, str]) -> None:
+    """Mask every password and the keyFile; user names (keys *_USER: "backup",
+    "clusterAdmin") are not secret, and masking them would redact those words everywhere."""
+    for key, value in data.items():
+        if not key.endswith("_USER"):
+            _mask(value)
+
+
 def _decode(obj: dict[str, Any]) -> dict[str, str]:
     values = {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
-    for value in values.values():
-        _mask(value)
+    _mask_values(values)
     return values
 
 
@@ -298,8 +305,7 @@ def _excerpt(value: Any) -> str:
 def converge_secret(kube: Any, name: str, fresh: dict[str, str], dry_run: bool) -> str | None:
     """Create a missing Secret; add keys it lacks; rotate it only when annotated. Never
     replaces a value otherwise. Returns the change (without any value), or None."""
-    for value in fresh.values():
-        _mask(value)
+    _mask_values(fresh)
     obj = kube.get_json("secret", name, namespace=NAMESPACE)
     would = "would be " if dry_run else ""
     if obj is None:
