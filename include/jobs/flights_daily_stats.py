@@ -201,6 +201,7 @@ def write(df: DataFrame, uri: str, database: str, collection: str) -> None:
 def run(spark: SparkSession, day: str, landing_day: str, uri: str, database: str) -> dict:
     """The job for one day; returns what it wrote (small: one row per carrier/origin)."""
     started = time.monotonic()
+    landing_day = os.path.realpath(landing_day)  # the day's link resolved once: weather and airlines of one drop
     flights = read_flights(spark, uri, database, day).cache()
     weather = read_weather(spark, landing_day).cache()
     airlines = read_airlines(spark, landing_day)

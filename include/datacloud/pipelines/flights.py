@@ -191,11 +191,10 @@ def land(day: date, root: Path | None = None) -> dict[str, Any]:
     return {"date": day.isoformat(), **{name.split(".")[0]: meta["lines"] for name, meta in files.items()}}
 
 
-def landed_carriers(day: date, root: Path | None = None) -> frozenset[str]:
-    carriers = set()
-    for line in landing.read_lines(DATASET, day, "airlines.jsonl", root):
-        carriers.add(json.loads(line)["carrier"])
-    return frozenset(carriers)
+def landed_carriers(day: date, root: Path | None = None, landed: landing.Landed | None = None) -> frozenset[str]:
+    """The carriers of the day's airlines reference (from ``landed``, one version of the day, when given)."""
+    landed = landed or landing.snapshot(DATASET, day, root)
+    return frozenset(json.loads(line)["carrier"] for line in landed.lines("airlines.jsonl"))
 
 
 # --- ingest ----------------------------------------------------------------------------
@@ -274,9 +273,9 @@ def _rejected(day: date, line: int, raw: str, reasons: list[str], size: int) -> 
 def ingest(day: date, run_id: str, mongo: Mongo, root: Path | None = None, batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
     """Validate the landed day and make MongoDB hold exactly its good rows; returns the counts."""
     started = time.monotonic()
-    manifest = landing.read_manifest(DATASET, day, root)
-    carriers = landed_carriers(day, root)
-    good, rejected = parse_lines(landing.read_lines(DATASET, day, "flights.jsonl", root, MAX_LINE_BYTES), day, carriers)
+    landed = landing.snapshot(DATASET, day, root)  # one version of the day, even while it is re-landed
+    manifest = landed.manifest()
+    good, rejected = parse_lines(landed.lines("flights.jsonl", MAX_LINE_BYTES), day, landed_carriers(day, landed=landed))
     for doc in rejected:
         doc["run_id"] = run_id
     read = len(good) + len(rejected)

@@ -87,9 +87,10 @@ def measure(day: date, mongo, root=None) -> Measured:
     from datacloud.pipelines.ingest import reachable
     from datacloud.pipelines.validation import NATURAL_KEY
 
-    manifest = land.read_manifest(flights.DATASET, day, root)
-    lines = land.read_lines(flights.DATASET, day, "flights.jsonl", root, flights.MAX_LINE_BYTES)
-    good, _ = flights.parse_lines(lines, day, flights.landed_carriers(day, root))
+    landed = land.snapshot(flights.DATASET, day, root)
+    manifest = landed.manifest()
+    lines = landed.lines("flights.jsonl", flights.MAX_LINE_BYTES)
+    good, _ = flights.parse_lines(lines, day, flights.landed_carriers(day, landed=landed))
     key = day.isoformat()
     db = mongo.db
     with reachable(mongo.uri):
