@@ -231,9 +231,8 @@ flights.ingest(date(2013, 1, 1), "run-killed", connect(sys.argv[1]), batch_size=
     mongo = connect(uri)
     counts = flights.ingest(DAY1, "run-again", mongo)
     assert (counts["read"], counts["good"], counts["rejected"]) == (842, 842, 0)
-    # The killed run recorded no state: everything is written again, the documents
-    # already there through the duplicate-key -> upsert path.
-    assert (counts["upserted"], counts["unchanged"], counts["removed"]) == (842, 0, 0)
+    # What the killed run wrote is found in MongoDB and kept; only the rest is written.
+    assert (counts["upserted"], counts["unchanged"], counts["removed"]) == (842 - partial, partial, 0)
     assert db.flights.count_documents({"date": DAY1.isoformat()}) == 842
     dups = list(
         db.flights.aggregate(
@@ -374,3 +373,23 @@ def test_hostile_lines_are_quarantined_and_the_day_ingests(ferretdb, tmp_path, m
     assert all(d["reasons"] and len(d["raw"]) <= flights.MAX_RAW_CHARS for d in rejected)
     assert rejected[3]["reasons"][0].startswith("line is 17,")
     assert rejected[3]["truncated"] is True
+
+
+def test_rerun_repairs_documents_changed_or_deleted_in_mongodb(ferretdb, tmp_path, monkeypatch):
+    """The re-run compares with the stored documents, not with its own bookkeeping (issue 12, item 4)."""
+    uri = _db_uri(ferretdb)
+    monkeypatch.setenv("DATACLOUD_DATA_DIR", str(tmp_path / "data"))
+    flights.land(DAY1)
+    mongo = connect(uri)
+    flights.ingest(DAY1, "r1", mongo)
+    db = mongo.db
+    before = _snapshot(db)
+    ids = sorted(before[flights.FLIGHTS])
+    db.flights.update_one({"_id": ids[0]}, {"$set": {"tailnum": "N666XX"}})  # edited by hand
+    db.flights.delete_one({"_id": ids[1]})  # deleted by hand
+    db.flights.insert_one({"_id": "2013-01-01/ZZ/1/EWR/0500", "date": DAY1.isoformat()})  # a stray of the day
+    counts = flights.ingest(DAY1, "r2", mongo)
+    assert (counts["upserted"], counts["unchanged"], counts["removed"]) == (2, 840, 1)
+    assert _snapshot(db)[flights.FLIGHTS] == before[flights.FLIGHTS]  # byte for byte the landed day again
+    again = flights.ingest(DAY1, "r3", mongo)
+    assert (again["upserted"], again["unchanged"], again["removed"]) == (0, 842, 0)

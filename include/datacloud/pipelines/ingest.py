@@ -6,10 +6,11 @@ Airflow, or when that connection is not defined, ``DATACLOUD_MONGO_URI`` is used
 
 ``sync_day()`` makes the documents of one day in a collection exactly a given
 set, writing only new or changed documents in unordered bulk writes of a batch
-size, and deleting the day's documents that are gone. Because every ``_id`` is
-deterministic, a run killed mid-batch leaves a subset of the right documents
-and the next run completes it; a second run writes nothing and reports every
-document unchanged.
+size, and deleting the day's documents that are gone; what is "new or changed"
+is decided against the stored documents, so a re-run also repairs documents
+changed or deleted in MongoDB. Because every ``_id`` is deterministic, a run
+killed mid-batch leaves a subset of the right documents and the next run
+completes it; a second run writes nothing and reports every document unchanged.
 """
 
 from __future__ import annotations
@@ -126,45 +127,44 @@ def _batches(items: list, size: int) -> Iterable[list]:
         yield items[i : i + size]
 
 
-STATE = "ingest_state"  # one document per (collection, day): the ids and content hashes written
+def _digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
 
 
-def _digest(doc: dict[str, Any]) -> str:
-    return hashlib.sha256(bson.encode(doc)).hexdigest()[:32]
+def stored_digests(collection, day: str) -> dict[str, str]:
+    """``_id`` -> sha256 of the stored BSON of each of the day's documents (one query, raw bytes, no decoding)."""
+    from bson.codec_options import CodecOptions
+    from bson.raw_bson import RawBSONDocument
+
+    raw = collection.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
+    return {doc["_id"]: _digest(doc.raw) for doc in raw.find({"date": day})}
 
 
 def sync_day(collection, day: str, docs: list[dict[str, Any]], batch_size: int = DEFAULT_BATCH) -> SyncCounts:
     """Make ``collection``'s documents of ``day`` exactly ``docs`` (each with a deterministic ``_id``).
 
-    What the last complete run wrote for the day is recorded in ``ingest_state``
-    (``_id`` ``<collection>/<day>``: the ids and a hash of each document's BSON).
-    Against it, documents not written yet go as ``InsertOne`` and changed ones as
-    ``ReplaceOne(upsert=True)``, mixed in unordered bulk writes of
-    ``batch_size``; ids of the day that are gone are deleted; the state is
-    replaced last. An insert that meets a duplicate key (a run killed before it
-    recorded its state, or a concurrent writer) is retried as an upsert, so the
-    outcome equals upserting everything. Reading one state document instead of
-    the day's documents matters on FerretDB, which scans a whole collection for
-    any filter, and its upserts are slow (see docs/pipeline.md).
+    The comparison is with the documents themselves, not with a record of what
+    an earlier run wrote: the day's stored documents are read once as raw BSON
+    and each one's sha256 is compared with that of the document it should be
+    (pymongo's encoding; MongoDB and FerretDB hand the same bytes back). Missing
+    documents go as ``InsertOne``, different ones (changed by hand, or by a
+    corrected drop) as ``ReplaceOne(upsert=True)``, mixed in unordered bulk
+    writes of ``batch_size``; stored ids that are not in ``docs`` (deleted rows,
+    strays written by hand) are deleted. So a re-run repairs whatever happened
+    to the day in MongoDB. An insert that meets a duplicate key (a concurrent
+    writer) is retried as an upsert, so the outcome equals upserting everything.
+    On FerretDB the read costs one collection scan, like a count (see docs/pipeline.md).
     """
     from pymongo import DeleteMany, InsertOne, ReplaceOne
 
-    state_id = f"{collection.name}/{day}"
-    states = collection.database[STATE]
-    prior = states.find_one({"_id": state_id}) or {}
-    known = dict(zip(prior.get("ids", []), prior.get("digests", []), strict=True))
+    stored = stored_digests(collection, day)
     counts = SyncCounts()
     ops: list[tuple[Any, dict[str, Any]]] = []
-    ids: list[str] = []
-    digests: list[str] = []
     for doc in docs:
-        digest = _digest(doc)
-        ids.append(doc["_id"])
-        digests.append(digest)
-        old = known.pop(doc["_id"], None)
+        old = stored.pop(doc["_id"], None)
         if old is None:
             ops.append((InsertOne(doc), doc))
-        elif old == digest:
+        elif old == _digest(bson.encode(doc)):
             counts.unchanged += 1
         else:
             ops.append((ReplaceOne({"_id": doc["_id"]}, doc, upsert=True), doc))
@@ -172,15 +172,11 @@ def sync_day(collection, day: str, docs: list[dict[str, Any]], batch_size: int =
         _bulk(collection, batch, n)
         counts.upserted += len(batch)
         log.info("Ingest | %s batch %d: %d documents written", collection.name, n, len(batch))
-    if known:
-        stale = sorted(known)
+    if stored:
+        stale = sorted(stored)
         for batch in _batches(stale, batch_size):
             collection.bulk_write([DeleteMany({"_id": {"$in": batch}})], ordered=False)
         counts.removed = len(stale)
-    # Two parallel arrays: FerretDB stores no nested arrays.
-    state = {"_id": state_id, "collection": collection.name, "date": day, "count": len(ids), "ids": ids, "digests": digests}
-    if prior != state:
-        states.replace_one({"_id": state_id}, state, upsert=True)
     return counts
 
 
