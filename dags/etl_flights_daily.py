@@ -42,10 +42,18 @@ from datacloud.spark import transform_operator
         "max_rejected_share": Param(
             flights.DEFAULT_MAX_REJECTED_SHARE,
             type="number",
-            minimum=0,
-            maximum=1,
+            minimum=flights.MAX_REJECTED_SHARE_BOUNDS[0],
+            maximum=flights.MAX_REJECTED_SHARE_BOUNDS[1],
             title="Maximum rejected share",
             description="The run fails when more than this share of the day's rows is rejected (0.01 = 1 %).",
+        ),
+        "min_volume_ratio": Param(
+            flights.DEFAULT_MIN_VOLUME_RATIO,
+            type="number",
+            minimum=flights.MIN_VOLUME_RATIO_BOUNDS[0],
+            maximum=flights.MIN_VOLUME_RATIO_BOUNDS[1],
+            title="Minimum volume ratio",
+            description="The run fails when the day has fewer good flights than this share of the median of the days around it.",
         ),
     },
 )

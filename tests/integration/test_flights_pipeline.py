@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pymongo
@@ -108,17 +108,31 @@ def _bad_lines(day: date) -> list[bytes]:
     return lines
 
 
-def _write_drop(folder: Path, day: date) -> int:
-    """The day's real rows with the bad ones mixed in; returns the number of bad rows."""
+def _real_lines(day: date) -> list[bytes]:
+    """The day's rows as the land task writes them."""
     flights_df, _, _ = flights.source_frames(day)
-    good = list(
+    return list(
         flights._frame_lines(flights_df, flights.FLIGHT_COLUMNS, ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"))
     )
+
+
+def _write_drop(folder: Path, day: date) -> int:
+    """The day's real rows with the bad ones mixed in; returns the number of bad rows."""
+    good = _real_lines(day)
     bad = _bad_lines(day)
     mixed = good[:100] + bad + good[100:]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{day.isoformat()}.jsonl").write_bytes(b"".join(mixed))
     return len(bad)
+
+
+def _day1_ingested(ferretdb, tmp_path: Path, monkeypatch):
+    """2013-01-01 landed and ingested once into a database of its own; returns the client."""
+    monkeypatch.setenv("DATACLOUD_DATA_DIR", str(tmp_path / "data"))
+    flights.land(DAY1)
+    mongo = connect(_db_uri(ferretdb))
+    flights.ingest(DAY1, "r1", mongo)
+    return mongo
 
 
 def _snapshot(db) -> dict[str, dict[str, str]]:
@@ -207,7 +221,7 @@ def test_kill_9_mid_ingest_then_rerun_has_exact_counts(ferretdb, tmp_path, monke
     flights.land(DAY1)
     child = r"""
 import logging, sys
-from datetime import date
+from datetime import date, timedelta
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 from datacloud.pipelines import flights
 from datacloud.pipelines.ingest import connect
@@ -251,11 +265,7 @@ flights.ingest(date(2013, 1, 1), "run-killed", connect(sys.argv[1]), batch_size=
 
 def test_changed_drop_replaces_the_day(ferretdb, tmp_path, monkeypatch):
     """A corrected drop: changed rows rewritten, vanished rows removed, the rest untouched."""
-    uri = _db_uri(ferretdb)
-    monkeypatch.setenv("DATACLOUD_DATA_DIR", str(tmp_path / "data"))
-    flights.land(DAY1)
-    mongo = connect(uri)
-    flights.ingest(DAY1, "r1", mongo)
+    mongo = _day1_ingested(ferretdb, tmp_path, monkeypatch)
     landed = tmp_path / "data" / "landing" / "flights" / f"date={DAY1.isoformat()}" / "flights.jsonl"
     rows = [json.loads(line) for line in landed.read_bytes().splitlines()]
     rows[0]["tailnum"] = "N999ZZ"
@@ -349,10 +359,7 @@ def test_hostile_lines_are_quarantined_and_the_day_ingests(ferretdb, tmp_path, m
     """A number of 5,000 digits, JSON nested 30,000 deep, a year of 100 digits, a 17 MiB line (issue 12, item 5)."""
     uri = _db_uri(ferretdb)
     monkeypatch.setenv("DATACLOUD_DATA_DIR", str(tmp_path / "data"))
-    flights_df, _, _ = flights.source_frames(DAY1)
-    good = list(
-        flights._frame_lines(flights_df, flights.FLIGHT_COLUMNS, ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"))
-    )
+    good = _real_lines(DAY1)
     row = json.loads(good[0])
     hostile = [
         b'{"year": ' + b"1" * 5000 + b"}\n",
@@ -377,11 +384,7 @@ def test_hostile_lines_are_quarantined_and_the_day_ingests(ferretdb, tmp_path, m
 
 def test_rerun_repairs_documents_changed_or_deleted_in_mongodb(ferretdb, tmp_path, monkeypatch):
     """The re-run compares with the stored documents, not with its own bookkeeping (issue 12, item 4)."""
-    uri = _db_uri(ferretdb)
-    monkeypatch.setenv("DATACLOUD_DATA_DIR", str(tmp_path / "data"))
-    flights.land(DAY1)
-    mongo = connect(uri)
-    flights.ingest(DAY1, "r1", mongo)
+    mongo = _day1_ingested(ferretdb, tmp_path, monkeypatch)
     db = mongo.db
     before = _snapshot(db)
     ids = sorted(before[flights.FLIGHTS])
@@ -393,3 +396,79 @@ def test_rerun_repairs_documents_changed_or_deleted_in_mongodb(ferretdb, tmp_pat
     assert _snapshot(db)[flights.FLIGHTS] == before[flights.FLIGHTS]  # byte for byte the landed day again
     again = flights.ingest(DAY1, "r3", mongo)
     assert (again["upserted"], again["unchanged"], again["removed"]) == (0, 842, 0)
+
+
+DAY9 = date(2013, 1, 9)  # 902 departures; the median of the 14 days around it is 907.5
+
+
+def _gated_day(uri: str, tmp_path: Path, monkeypatch, lines: list[bytes] | None, tamper=None, **check) -> str:
+    """Land ``lines`` (None: the real day) as 2013-01-09, ingest, write its stats as the Spark job would, run the gates.
+
+    The days around it get their real volumes in ``daily_delay_stats``. Returns "" when the
+    gates pass, else the QualityError's message.
+    """
+    from collections import Counter
+
+    from datacloud.pipelines import quality
+
+    monkeypatch.setenv("DATACLOUD_DATA_DIR", str(tmp_path / "data"))
+    if lines is not None:
+        drop = tmp_path / "drop"
+        drop.mkdir(exist_ok=True)
+        (drop / f"{DAY9.isoformat()}.jsonl").write_bytes(b"".join(lines))
+        monkeypatch.setenv("DATACLOUD_FLIGHTS_DROP", str(drop))
+    flights.land(DAY9)
+    mongo = connect(uri)
+    flights.ingest(DAY9, "gates", mongo)
+    db = mongo.db
+    if tamper:
+        tamper(db)
+    stats = [
+        {"_id": f"{DAY9}/{c}", "date": DAY9.isoformat(), "carrier": c, "flights": n}
+        for c, n in Counter(d["carrier"] for d in db.flights.find({"date": DAY9.isoformat()})).items()
+    ]
+    per_day = flights.source_frames  # the real volumes of the days around it
+    for k in range(-7, 8):
+        if k:
+            day = DAY9 + timedelta(days=k)
+            stats.append({"_id": f"{day}/UA", "date": day.isoformat(), "carrier": "UA", "flights": len(per_day(day)[0])})
+    db.daily_delay_stats.delete_many({})
+    db.daily_delay_stats.insert_many(stats)
+    try:
+        quality.check(DAY9, mongo, **check)
+    except quality.QualityError as exc:
+        return str(exc)
+    return ""
+
+
+def test_quality_gates_pass_a_legit_day(ferretdb, tmp_path, monkeypatch):
+    assert _gated_day(_db_uri(ferretdb), tmp_path, monkeypatch, None, max_rejected_share=0.01) == ""
+
+
+@pytest.mark.parametrize(
+    ("case", "share", "expected"),
+    [
+        ("empty", 0.01, "there are no flights for 2013-01-09 in MongoDB (0 rows landed, 0 rejected)"),
+        ("truncated", 0.01, "2013-01-09 has 200 flights, 22% of the median (907.5) of the 14 days"),
+        ("mostly rejected", 1.0, "2013-01-09 has 299 flights, 33% of the median"),
+        ("edited in MongoDB", 0.01, "1 documents in flights for 2013-01-09 break the validation rules (first: "),
+    ],
+)
+def test_quality_gates_catch_broken_days(ferretdb, tmp_path, monkeypatch, case, share, expected):
+    """An empty, a truncated, a mostly rejected day (share threshold set to 1.0) and a document edited by hand (item 4)."""
+    real = _real_lines(DAY9)
+    tamper = None
+    if case == "empty":
+        lines = []
+    elif case == "truncated":
+        lines = real[:200]
+    elif case == "mostly rejected":
+        lines = real[:299] + [line.replace(b'"distance":', b'"distance":-') for line in real[299:]]
+    else:
+        lines = None
+
+        def tamper(db):
+            db.flights.update_one({"date": DAY9.isoformat()}, {"$set": {"distance": -5}})
+
+    message = _gated_day(_db_uri(ferretdb), tmp_path, monkeypatch, lines, tamper, max_rejected_share=share)
+    assert expected in message

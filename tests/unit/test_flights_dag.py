@@ -53,7 +53,10 @@ def test_params_render_in_the_trigger_form(monkeypatch):
         assert param.description, name
     share = dag.params.get_param("max_rejected_share")
     assert share.value == 0.01
-    assert (share.schema["minimum"], share.schema["maximum"]) == (0, 1)
+    assert (share.schema["minimum"], share.schema["maximum"]) == (0, 0.5)  # a mostly rejected day never passes
+    volume = dag.params.get_param("min_volume_ratio")
+    assert volume.value == 0.5
+    assert (volume.schema["minimum"], volume.schema["maximum"]) == (0.1, 0.6)  # never off; never above a legit day
 
 
 def test_bad_max_active_runs_is_one_sentence(monkeypatch):

@@ -44,6 +44,12 @@ ASSET_URI = "datacloud://datasets/daily_delay_stats"
 FIRST_DAY = date(2013, 1, 1)
 LAST_DAY = date(2013, 12, 31)
 DEFAULT_MAX_REJECTED_SHARE = 0.01
+MAX_REJECTED_SHARE_BOUNDS = (0.0, 0.5)  # a day that is mostly rejected never passes
+# The volume gate: a day's good flights against the median of the days around it. In 2013
+# the lowest legit ratio is 0.65 (Thanksgiving, 634 flights; 0.63 against the busiest
+# neighbour), the first week's 0.77 (Saturday 5 January, 720), so 0.5 fails only broken days.
+DEFAULT_MIN_VOLUME_RATIO = 0.5
+MIN_VOLUME_RATIO_BOUNDS = (0.1, 0.6)
 # Hostile input stays bounded (real lines are ~300 bytes): longer lines are rejected unread,
 # a quarantined line keeps its first characters, and so a quarantine document stays far
 # below MongoDB's 16 MiB limit (at most ~4 * 4,096 + 20 * 4 * 300 bytes of text).
@@ -385,10 +391,12 @@ def task_quality() -> dict[str, Any]:
     context = get_current_context()
     with task_errors():
         day = _context_day(context)
-        threshold = float(context["params"].get("max_rejected_share", DEFAULT_MAX_REJECTED_SHARE))
+        params = context["params"]
+        threshold = float(params.get("max_rejected_share", DEFAULT_MAX_REJECTED_SHARE))
+        ratio = float(params.get("min_volume_ratio", DEFAULT_MIN_VOLUME_RATIO))
         mongo = connect()
         try:
-            return quality.check(day, mongo, threshold)
+            return quality.check(day, mongo, threshold, min_volume_ratio=ratio)
         finally:
             mongo.close()
 

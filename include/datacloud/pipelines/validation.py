@@ -252,3 +252,27 @@ def _parse_utc(text: str) -> datetime | None:
     except ValueError:
         return None
     return parsed.astimezone(UTC)
+
+
+def check_stored(doc: dict[str, Any], day: date, carriers: frozenset[str] | set[str]) -> list[str]:
+    """Why a document stored in ``flights`` is not what validation makes of its own fields (empty: it is).
+
+    The content gate of the quality task: the stored fields are validated again as
+    a record (required fields present, types, ranges, consistency) and the result
+    must be the stored document itself, ``_id`` (the natural key) included.
+    """
+    record = {k: doc[k] for k in (*REQUIRED, *OPTIONAL_INT_FIELDS) if k in doc}
+    stored = dict(doc)
+    if isinstance(doc.get("time_hour"), datetime):
+        naive = doc["time_hour"].astimezone(UTC).replace(tzinfo=None) if doc["time_hour"].tzinfo else doc["time_hour"]
+        stored["time_hour"] = naive
+        record["time_hour"] = f"{naive:%Y-%m-%dT%H:%M:%S}Z"
+    checked = validate_flight(record, day, carriers)
+    if not checked.ok:
+        return checked.reasons
+    if stored.get("_id") != checked.doc["_id"]:
+        return [f"_id {_show(stored.get('_id'))} is not the natural key {checked.doc['_id']}"]
+    differ = sorted(k for k in stored.keys() | checked.doc.keys() if stored.get(k) != checked.doc.get(k))
+    if differ:
+        return [f"field{'s' if len(differ) > 1 else ''} {', '.join(differ)} not as validation makes them"]
+    return []
