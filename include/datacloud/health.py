@@ -227,18 +227,20 @@ def probe_nodes(ctx: HealthContext) -> tuple[str, list[str]]:
     _requires(ctx, "kubernetes", "Kubernetes")
     nodes = (ctx.kube().get_json("nodes") or {}).get("items", [])
     by_name = {n["metadata"]["name"]: n for n in nodes}
-    problems = []
-    for node in ctx.inventory().nodes:
-        obj = by_name.get(node.name)
-        if obj is None:
-            problems.append(f"node {node.name} ({node.address}) is not a member of the cluster.")
-            continue
-        ready = _conditions(obj).get("Ready", {})
-        if ready.get("status") != "True":
-            why = ready.get("reason") or "no Ready condition"
-            msg = ready.get("message")
-            problems.append(f"node {node.name} ({node.address}) is NotReady ({why}{': ' + msg if msg else ''}).")
+    problems = [p for p in (node_problem(node, by_name.get(node.name)) for node in ctx.inventory().nodes) if p]
     return f"{len(by_name)} node(s) Ready", problems
+
+
+def node_problem(node: Any, obj: Mapping[str, Any] | None) -> str | None:
+    """One sentence when the inventory node NODE is not a Ready member (OBJ: its Node object or None)."""
+    if obj is None:
+        return f"node {node.name} ({node.address}) is not a member of the cluster."
+    ready = _conditions(obj).get("Ready", {})
+    if ready.get("status") == "True":
+        return None
+    why = ready.get("reason") or "no Ready condition"
+    msg = (ready.get("message") or "").rstrip(".")
+    return f"node {node.name} ({node.address}) is NotReady ({why}{': ' + msg if msg else ''})."
 
 
 def probe_ceph(ctx: HealthContext) -> tuple[str, list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from datacloud.errors import TransientError
+from datacloud.health import node_problem
 from datacloud.stages._common import StageContext, Step, outcome
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,9 @@ def summary(ctx: StageContext) -> dict:
         ok = obj is not None and _ready(obj)
         version = (obj or {}).get("status", {}).get("nodeInfo", {}).get("kubeletVersion", "-")
         rows.append(f"{n.name:<14} {n.address!s:<15} {','.join(n.roles):<24} {version:<10} {'yes' if ok else 'NO'}")
-        if obj is None:
-            problems.append(f"{n.name} is not a node of the cluster")
-        elif not ok:
-            problems.append(f"{n.name} is not Ready")
+        problem = node_problem(n, obj)
+        if problem:
+            problems.append(problem.rstrip("."))
     ready_dns = int(coredns.get("status", {}).get("readyReplicas") or 0)
     rows.append(f"CoreDNS: {ready_dns}/{coredns.get('spec', {}).get('replicas', '?')} ready")
     log.info("verify | Summary |\n%s", "\n".join(rows))
