@@ -31,6 +31,9 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["DATACLOUD_DATA_DIR"] = str(_TEST_HOME / "data")
+# Tests write inventories into temporary folders (pytest's, the labs'): they are inventory folders here,
+# for the test process and for the Airflow stacks it starts (their environment is this one).
+os.environ.setdefault("DATACLOUD_INVENTORY_DIRS", tempfile.gettempdir())
 
 from datacloud.localstack import Stack, ferretdb_binary, free_port  # noqa: E402
 

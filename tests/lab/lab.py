@@ -8,17 +8,30 @@ Each node is
   ``include/scripts/setup.d/lab-rootfs.sh`` (read-only lower layer) under a
   per-node overlay whose upper directory holds everything the node changes;
 * an ``sshd`` with its own host key, started as
-  ``ip netns exec NS unshare --mount --uts --pid --fork chroot ROOT sshd -D``
-  (through ``node-init.sh``, which mounts the overlay inside the node's own
-  mount namespace, so nothing leaks onto the host).
+  ``nsenter --net=/run/netns/NS unshare --mount --uts --pid --fork bash node-init.sh ...``
+  (``nsenter``, not ``ip netns exec``, which remounts /sys and hides the cgroup
+  hierarchies kubelet needs); node-init.sh mounts the overlay, /proc, /sys, the
+  cgroups and the node's containerd/kubelet/etcd state folders inside the
+  node's own mount namespace, so nothing leaks onto the host, boots the node's
+  services and execs sshd;
+* a cgroup root ``/datacloud-lab<I>-n<k>`` (``kubernetes.per_node_cgroup_root``):
+  the nodes share the host's cgroup hierarchies, and two kubelets must not
+  manage the same ``/kubepods``.
 
-Lab nodes have no route to any registry. What node_prep installs comes from a
-local apt repository the lab serves over HTTP on the bridge address: the
-Debian packages downloaded by the setup step, plus the recording doubles of
-kubeadm/kubectl/kubelet/helm from ``tests/lab/doubles/``, packaged as ``.deb``
-files with the pinned versions so node_prep installs them through apt exactly
-as in production. The doubles of all nodes share ``/var/lib/double-cluster``
-(their stand-in for the API server); the product code never sees it.
+Lab nodes have no route to any registry; the lab is their private mirror, on
+its bridge address, like the master of a network without internet:
+
+* an apt repository: the Debian packages downloaded by the setup step
+  (containerd, runc, ...) plus kubelet, kubeadm, kubectl, kubernetes-cni and
+  helm as .debs of the binaries ``./dev setup`` built from the Go module proxy,
+  versioned like pkgs.k8s.io (``tests/lab/mirror.py``);
+* an OCI registry (Debian's docker-registry) holding the control-plane, etcd,
+  CoreDNS, kube-proxy, pause and flannel images assembled from those binaries,
+  which the nodes' containerd reaches through ``containerd.registry_mirrors``;
+* a Helm chart repository serving ``../shared/charts``.
+
+Nodes run containerd and kubelet as services of ``node-systemctl.py`` (the
+lab's stand-in for systemd as init). Everything Kubernetes on them is real.
 
 ``./dev lab up N`` / ``./dev lab down`` (state in ``<data dir>/lab``); tests use
 :class:`Lab` directly with their own state folder.
@@ -31,7 +44,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -47,7 +59,6 @@ sys.path.insert(0, str(ROOT / "include"))
 from datacloud import config  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-DOUBLES = HERE / "doubles"
 SETUP_STEP = ROOT / "include" / "scripts" / "setup.d" / "lab-rootfs.sh"
 SUITE = "bookworm"
 PREFIX = "dclab"
@@ -78,62 +89,26 @@ def _versions() -> dict:
     return yaml.safe_load((ROOT / "manifests" / "versions.yaml").read_text())
 
 
-def double_packages() -> list[tuple[str, str, str]]:
-    """(package, version, description) of the doubles, at the versions node_prep pins."""
-    from datacloud.stages.node_prep import package_versions
-
-    v = package_versions()
-    return [
-        ("kubeadm", v["kubeadm"], "recording double of kubeadm for the datacloud SSH lab"),
-        ("kubectl", v["kubectl"], "recording double of kubectl for the datacloud SSH lab"),
-        ("kubelet", v["kubelet"], "recording double of kubelet for the datacloud SSH lab"),
-        ("helm", v["helm"], "recording double of helm for the datacloud SSH lab"),
-    ]
-
-
 def build_repo() -> Path:
-    """A flat apt repository: the pool of the root filesystem plus the doubles (cached)."""
+    """A flat apt repository: the pool of the root filesystem plus the real Kubernetes .debs (cached)."""
+    from tests.lab import mirror
+
     pool = rootfs_dir() / "pool"
-    pkgs = double_packages()
-    h = hashlib.sha256()
-    for f in sorted(DOUBLES.iterdir()):
-        if f.is_file():
-            h.update(f.name.encode() + f.read_bytes())
-    h.update(json.dumps(pkgs).encode() + str(pool).encode())
+    debs = mirror.build_packages(config.cache_dir() / "lab" / "debs")
+    h = hashlib.sha256(str(pool).encode())
+    for deb in sorted(debs):
+        h.update(deb.name.encode() + str(deb.stat().st_size).encode() + str(deb.stat().st_mtime_ns).encode())
     repo = config.cache_dir() / "lab" / f"repo-{h.hexdigest()[:12]}"
     if (repo / "Packages.gz").exists():
         return repo
     tmp = repo.with_name(repo.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for deb in pool.glob("*.deb"):
+    for deb in [*pool.glob("*.deb"), *debs]:
         try:
             os.link(deb, tmp / deb.name)
         except OSError:
             shutil.copy2(deb, tmp / deb.name)
-    build = tmp / ".build"
-    # the shared implementation, then one package per tool (a symlink to it)
-    _deb(
-        build,
-        tmp,
-        "kube-doubles",
-        "1.0",
-        "recording doubles of kubeadm, kubectl, kubelet and helm (datacloud SSH lab)",
-        {"usr/lib/kube-doubles/double.py": (DOUBLES / "double.py").read_bytes()},
-        depends="python3",
-    )
-    for name, version, desc in pkgs:
-        _deb(
-            build,
-            tmp,
-            name,
-            version,
-            desc,
-            {},
-            depends="kube-doubles",
-            links={f"usr/bin/{name}": "/usr/lib/kube-doubles/double.py"},
-        )
-    shutil.rmtree(build)
     out = subprocess.run(["dpkg-scanpackages", "--multiversion", "."], cwd=tmp, check=True, capture_output=True)
     (tmp / "Packages").write_bytes(out.stdout)
     subprocess.run(["gzip", "-k", "-9", "Packages"], cwd=tmp, check=True)
@@ -161,39 +136,6 @@ def _release(repo: Path) -> None:
         data = (repo / name).read_bytes()
         lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {name}")
     (repo / "Release").write_text("\n".join(lines) + "\n")
-
-
-def _deb(
-    build: Path,
-    out: Path,
-    name: str,
-    version: str,
-    desc: str,
-    files: dict[str, bytes],
-    depends: str = "",
-    links: dict[str, str] | None = None,
-) -> None:
-    root = build / name
-    (root / "DEBIAN").mkdir(parents=True)
-    control = f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: datacloud lab <lab@localhost>\n"
-    if depends:
-        control += f"Depends: {depends}\n"
-    control += f"Section: admin\nPriority: optional\nDescription: {desc}\n"
-    (root / "DEBIAN" / "control").write_text(control)
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-        p.chmod(0o755)
-    for rel, target in (links or {}).items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.symlink_to(target)
-    subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(out / f"{name}_{version}_all.deb")],
-        check=True,
-        capture_output=True,
-    )
 
 
 def _start_time(pid: int) -> str | None:
@@ -282,6 +224,11 @@ class Lab:
         self.http_pid = 0
         self.http_start: str | None = None
         self.repo_port = 0
+        self.charts_pid = 0
+        self.charts_start: str | None = None
+        self.charts_port = 0
+        self.registry_state: dict | None = None
+        self.registry_port = 0
 
     # -- names --
     @property
@@ -295,10 +242,6 @@ class Lab:
     @property
     def subnet(self) -> str:
         return f"10.77.{self.id}.0/24"
-
-    @property
-    def shared(self) -> Path:
-        return self.state / "double-cluster"
 
     @property
     def key_file(self) -> Path:
@@ -331,7 +274,9 @@ class Lab:
                     lock.mkdir()
                 except FileExistsError:
                     continue
-            if Path(f"/sys/class/net/{PREFIX}{i}").exists():
+            net = Path("/sys/class/net")
+            if (net / f"{PREFIX}{i}").exists() or any(net.glob(f"{PREFIX}{i}v*")):  # another lab's links
+                shutil.rmtree(lock, ignore_errors=True)
                 continue
             (lock / "owner").write_text(str(self.state / "lab.json"))
             self.id = i
@@ -345,6 +290,11 @@ class Lab:
             "http_pid": self.http_pid,
             "http_start": self.http_start,
             "repo_port": self.repo_port,
+            "charts_pid": self.charts_pid,
+            "charts_start": self.charts_start,
+            "charts_port": self.charts_port,
+            "registry": self.registry_state,
+            "registry_port": self.registry_port,
             "nodes": [{"name": x.name, "index": x.index, "pid": x.pid, "start": x.start} for x in self.nodes],
         }
         (self.state / "lab.json").write_text(json.dumps(data, indent=1))
@@ -355,6 +305,8 @@ class Lab:
         lab = cls(data["n"], state_dir)
         lab.id = data["id"]
         lab.http_pid, lab.http_start, lab.repo_port = data["http_pid"], data["http_start"], data["repo_port"]
+        lab.charts_pid, lab.charts_start, lab.charts_port = data["charts_pid"], data["charts_start"], data["charts_port"]
+        lab.registry_state, lab.registry_port = data["registry"], data["registry_port"]
         lab.nodes = [lab._node(x["index"]) for x in data["nodes"]]
         for node, x in zip(lab.nodes, data["nodes"], strict=True):
             node.pid, node.start = x["pid"], x["start"]
@@ -381,16 +333,15 @@ class Lab:
         try:
             if not self.key_file.exists():
                 sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "datacloud-lab", "-f", str(self.key_file))
-            self.shared.mkdir(exist_ok=True)
-            self.shared.chmod(0o1777)
             sh("ip", "link", "add", self.bridge, "type", "bridge")
             sh("ip", "addr", "add", f"{self.host_address}/24", "dev", self.bridge)
             sh("ip", "link", "set", self.bridge, "up")
             self._start_repo(repo)
+            self._start_mirror()
             for node in self.nodes:
                 self._make_node(node)
-                self.start_node(node, rootfs, wait=False)
-                self.save()
+            for node in self.nodes:  # one after the other: a node's sshd binds before the next starts
+                self.start_node(node, rootfs, wait=True)
             for node in self.nodes:
                 wait_port(node.address, 22)
             self.write_inventory()
@@ -415,6 +366,85 @@ class Lab:
         self.http_pid, self.http_start = proc.pid, _start_time(proc.pid)
         wait_port(self.host_address, self.repo_port)
 
+    def _start_mirror(self) -> None:
+        """The registry (images pushed once into the cached storage) and the chart repository."""
+        from tests.lab import mirror
+
+        images = mirror.build_images()
+        self.registry_port = free_port_on(self.host_address)
+        reg = mirror.Registry(self.host_address, self.registry_port, run_dir=self.state / "registry").start()
+        self.registry_state = reg.state()
+        self.save()
+        reg.push(images)
+        self.charts_port = free_port_on(self.host_address)
+        log = open(self.state / "charts-http.log", "ab")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                str(self.charts_port),
+                "--bind",
+                self.host_address,
+                "--directory",
+                str(mirror.chart_repository()),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.charts_pid, self.charts_start = proc.pid, _start_time(proc.pid)
+        wait_port(self.host_address, self.charts_port)
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://{self.host_address}:{self.registry_port}"
+
+    @property
+    def charts_url(self) -> str:
+        return f"http://{self.host_address}:{self.charts_port}"
+
+    def kubeconfig(self) -> Path:
+        """The lab cluster's admin kubeconfig, copied from the control plane (the API server is on the bridge)."""
+        src = self.nodes[0].path("/etc/kubernetes/admin.conf")
+        dest = self.state / "admin.conf"
+        dest.write_bytes(src.read_bytes())
+        dest.chmod(0o600)
+        return dest
+
+    def kubectl(
+        self, *argv: str, stdin: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        """The real kubectl ./dev setup built, against the lab cluster's API server (on the bridge)."""
+        from tests.lab import mirror
+
+        kubectl = mirror.bin_dir("kubernetes") / "kubectl"
+        res = subprocess.run(
+            [str(kubectl), "--kubeconfig", str(self.kubeconfig()), *argv],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and res.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(argv)} failed: {res.stderr.strip()}")
+        return res
+
+    def node_exec(self, node: LabNode, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run ARGV inside NODE as root (its namespaces and root filesystem), not over SSH."""
+        pid = node.root_pid()
+        if pid is None:
+            raise RuntimeError(f"lab node {node.name} is not running")
+        return subprocess.run(
+            ["nsenter", "-t", str(pid), "-m", "-u", "-n", "-p", "-r", "-w", *argv],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
+
     @property
     def repository_url(self) -> str:
         return f"http://{self.host_address}:{self.repo_port}"
@@ -434,6 +464,12 @@ class Lab:
             "UsePAM no\nPermitRootLogin prohibit-password\nMaxStartups 100:30:200\nUseDNS no\n"
         )
         (up / "etc/hostname").write_text(node.name + "\n")
+        if not (up / "etc/machine-id").exists():  # as an installed system has (kubelet reads it)
+            (up / "etc/machine-id").write_text(hashlib.sha256(f"{self.state}/{node.name}".encode()).hexdigest()[:32] + "\n")
+        # the lab's stand-in for systemd as init (containerd and kubelet run as its services)
+        (up / "usr/local/bin").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(HERE / "node-systemctl.py", up / "usr/local/bin/systemctl")
+        (up / "usr/local/bin/systemctl").chmod(0o755)
         hosts = "127.0.0.1 localhost\n" + "".join(f"{x.address} {x.name}\n" for x in self.nodes)
         (up / "etc/hosts").write_text(hosts)
         # an administrator account with passwordless sudo, as on the thesis machines
@@ -479,10 +515,8 @@ class Lab:
         log = open(node.dir / "sshd.log", "ab")
         proc = subprocess.Popen(
             [
-                "ip",
-                "netns",
-                "exec",
-                node.netns,
+                "nsenter",
+                f"--net=/run/netns/{node.netns}",
                 "unshare",
                 "--mount",
                 "--uts",
@@ -495,7 +529,7 @@ class Lab:
                 str(node.upper),
                 str(work),
                 str(node.dir / "merged"),
-                str(self.shared),
+                str(node.dir / "state"),
                 node.name,
             ],
             stdout=log,
@@ -541,14 +575,46 @@ class Lab:
                 with contextlib.suppress(Exception):
                     proc.wait(timeout=5)
         _kill_group(self.http_pid, self.http_start)
+        _kill_group(self.charts_pid, self.charts_start)
+        if self.registry_state:
+            from tests.lab import mirror
+
+            mirror.Registry.from_state(self.registry_state).stop()
+        self._remove_cgroups()
         if self.id:
             for node in self.nodes:
+                # the host end first: a namespace outlives its processes while the kernel still
+                # holds references to it (closing sockets), and with it the veth pair
+                if Path(f"/sys/class/net/{node.veth}").exists():
+                    sh("ip", "link", "del", node.veth, check=False, quiet=True)
                 sh("ip", "netns", "del", node.netns, check=False, quiet=True)
             sh("ip", "link", "del", self.bridge, check=False, quiet=True)
             shutil.rmtree(LOCK_DIR / str(self.id), ignore_errors=True)
         left = self.leftovers()
         if left:
             raise RuntimeError(f"lab {self.id} left behind: {', '.join(left)}")
+
+    def _cgroups(self) -> list[Path]:
+        name = f"datacloud-lab{self.id}-"
+        return [p for p in Path("/sys/fs/cgroup").glob(f"*/{name}*") if p.is_dir() and not p.is_symlink()]
+
+    def _remove_cgroups(self, timeout: float = 20) -> None:
+        """The nodes' kubelet cgroup roots (host-wide: they outlive the nodes' namespaces).
+
+        A cgroup can be removed once its last process has exited, which trails the
+        kill of the node's PID namespace by a moment: retried until TIMEOUT.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            for root in self._cgroups():
+                for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+                with contextlib.suppress(OSError):
+                    root.rmdir()
+            if not self._cgroups() or time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
 
     def leftovers(self) -> list[str]:
         if not self.id:
@@ -558,12 +624,21 @@ class Lab:
         out += [n for n in netns if n.startswith(f"{PREFIX}{self.id}-")]
         if Path(f"/sys/class/net/{self.bridge}").exists():
             out.append(f"bridge {self.bridge}")
+        out += [f"veth {x.veth}" for x in self.nodes if Path(f"/sys/class/net/{x.veth}").exists()]
         mounts = Path("/proc/self/mountinfo").read_text()
         if str(self.state / "nodes") in mounts:
             out.append("mounts under " + str(self.state / "nodes"))
         for node in self.nodes:
             if node.pid and _start_time(node.pid) == node.start:
                 out.append(f"process {node.pid} ({node.name})")
+        for what, pid, start in (
+            ("apt repository", self.http_pid, self.http_start),
+            ("chart repository", self.charts_pid, self.charts_start),
+            ("registry", (self.registry_state or {}).get("pid"), (self.registry_state or {}).get("start_time")),
+        ):
+            if pid and start and _start_time(pid) == start:
+                out.append(f"process {pid} ({what})")
+        out += [f"cgroup {p}" for p in self._cgroups()]
         return out
 
     def __enter__(self) -> Lab:
@@ -574,6 +649,8 @@ class Lab:
 
     # -- what runs against the lab --
     def inventory(self, **overrides) -> dict:
+        from tests.lab import mirror
+
         v = _versions()
         n = self.n
         inv = {
@@ -582,9 +659,30 @@ class Lab:
                 {"subnet": self.subnet, "gateway": "n1", "public_interface": "eth0"}
                 if self.with_gateway
                 else {"subnet": self.subnet, "own_uplink": True}
-            ),
+            )
+            | {"cni": "flannel", "network_policy_agent": False},  # this kernel has no nft queue (CONFIG_NFT_QUEUE)
             "ssh": {"user": USER, "port": 22, "become": True, "connect_timeout_s": 3, "command_timeout_s": 600},
-            "packages": {"repository": self.repository_url, "suite": "./", "trusted": True},
+            "packages": {
+                "repository": self.repository_url,
+                "suite": "./",
+                "trusted": True,
+                "chart_repository": self.charts_url,
+            },
+            # what this VM needs beyond a real machine (docs/operations.md, "Node runtime settings")
+            "kubernetes": {
+                "cgroup_driver": "cgroupfs",
+                "allow_cgroup_v1": True,
+                "per_node_cgroup_root": True,
+                "kube_proxy_conntrack_max_per_core": 0,
+                "ignore_preflight_errors": ["SystemVerification"],
+            },
+            "containerd": {
+                "restrict_oom_score_adj": True,
+                "registry_mirrors": {
+                    up: [f"{self.registry_url}/v2/{up}"]
+                    for up in ("registry.k8s.io", "ghcr.io", "docker.io", "quay.io", mirror.PROBE_REGISTRY)
+                },
+            },
             "nodes": [
                 {
                     "name": x.name,
@@ -611,24 +709,11 @@ class Lab:
     def env(self) -> dict[str, str]:
         """Environment for Airflow (connection datacloud_ssh) and datacloud (data dir)."""
         conn = {"conn_type": "ssh", "login": USER, "extra": {"key_file": str(self.key_file)}}
-        return {"AIRFLOW_CONN_DATACLOUD_SSH": json.dumps(conn), "DATACLOUD_DATA_DIR": str(self.data_dir)}
-
-    # -- what the doubles recorded --
-    def calls(self) -> list[dict]:
-        f = self.shared / "calls.jsonl"
-        if not f.exists():
-            return []
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-
-    def cluster_state(self) -> dict:
-        f = self.shared / "cluster.json"
-        return json.loads(f.read_text()) if f.exists() else {}
-
-    def inject_fault(self, tool: str, subcommand: str, node: str, times: int = 1) -> None:
-        """The double of TOOL SUBCOMMAND on NODE fails TIMES times like a transient error."""
-        faults = self.shared / "faults"
-        faults.mkdir(exist_ok=True)
-        (faults / f"{tool}-{subcommand}-{node}").write_text(str(times))
+        return {
+            "AIRFLOW_CONN_DATACLOUD_SSH": json.dumps(conn),
+            "DATACLOUD_DATA_DIR": str(self.data_dir),
+            "DATACLOUD_INVENTORY_DIRS": str(self.state),  # the lab's inventory lives with its state
+        }
 
 
 # --- ./dev lab up N | ./dev lab down ------------------------------------------
@@ -636,6 +721,74 @@ class Lab:
 
 def _dev_state() -> Path:
     return config.data_dir() / "lab"
+
+
+def forget_host_keys(lab: Lab) -> None:
+    """Drop the lab nodes from the local stack's known_hosts: the next lab's nodes have new keys on the same addresses."""
+    from datacloud.remote import known_hosts_path
+
+    path = known_hosts_path()
+    if not path.exists():
+        return
+    addresses = {x.address for x in lab.nodes}
+    lines = path.read_text().splitlines()
+    kept = [ln for ln in lines if ln.split(" ", 1)[0].strip("[").split("]", 1)[0] not in addresses]
+    if kept != lines:
+        path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def provision(lab: Lab, stages: str | None, dry_run: bool, timeout: int) -> int:
+    """./dev lab provision: provision_platform on the lab nodes, triggered through the local stack's REST API."""
+    from datacloud.api import AirflowAPI
+    from datacloud.errors import UserError
+    from datacloud.localstack import Stack
+    from datacloud.stages import STAGES
+
+    chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    unknown = [s for s in chosen or [] if s not in STAGES]
+    if unknown:
+        print(f"error: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}.", file=sys.stderr)
+        return 2
+    stack = Stack()
+    stack.up()
+    api = AirflowAPI(stack.airflow_url, "admin", stack.admin_password())
+    # what an administrator sets up once: the SSH connection of the nodes and the per-node pool
+    conn = {
+        "connection_id": "datacloud_ssh",
+        "conn_type": "ssh",
+        "login": USER,
+        "extra": json.dumps({"key_file": str(lab.key_file)}),
+    }
+    try:
+        api._request("POST", "/api/v2/connections", conn)
+    except UserError as exc:
+        if " answered 409" not in str(exc):
+            raise
+        api._request("PATCH", "/api/v2/connections/datacloud_ssh", conn)
+    api.ensure_pool("datacloud_nodes", 10, "datacloud per-node tasks")
+    dag_id = "provision_platform"
+    api.wait_for_dag(dag_id)
+    api.unpause(dag_id)
+    conf: dict = {"inventory": str(lab.inventory_path), "dry_run": dry_run}
+    if chosen:
+        conf["stages"] = chosen
+    t0 = time.monotonic()
+    run = api.trigger(dag_id, conf=conf)
+    print(f"{dag_id} run {run['dag_run_id']} on lab {lab.id} ({lab.n} nodes): {', '.join(chosen or ['every stage'])}", flush=True)
+    final = api.wait_run(dag_id, run["dag_run_id"], timeout=timeout)
+    rows: dict[str, list[str]] = {}
+    for ti in api.task_instances(dag_id, run["dag_run_id"]):
+        rows.setdefault(ti["task_id"], []).append(ti["state"] or "none")
+    for task_id in sorted(rows, key=lambda t: (STAGES.index(t.split(".")[0]) if t.split(".")[0] in STAGES else 99, t)):
+        states = rows[task_id]
+        summary = ", ".join(f"{n} {st}" for st, n in sorted({st: states.count(st) for st in states}.items()))
+        print(f"  {task_id:<34} {summary}")
+    print(
+        f"{dag_id} {final['state']} in {time.monotonic() - t0:.0f}s; logs: {stack.airflow_url}/dags/{dag_id}/runs/{run['dag_run_id']}"
+    )
+    if final["state"] == "success" and not dry_run and lab.nodes[0].path("/etc/kubernetes/admin.conf").exists():
+        print(f"kubeconfig: {lab.kubeconfig()}")
+    return 0 if final["state"] == "success" else 1
 
 
 def main(argv: list[str]) -> int:
@@ -646,6 +799,11 @@ def main(argv: list[str]) -> int:
     up.add_argument("--own-uplink", action="store_true", help="inventory without a gateway node")
     sub.add_parser("down", help="stop the lab and remove its namespaces")
     sub.add_parser("status", help="show the lab")
+    prov = sub.add_parser("provision", help="trigger provision_platform on the lab through the local stack and wait")
+    prov.add_argument("--stages", help="comma-separated stages (default: every stage)")
+    prov.add_argument("--dry-run", action="store_true", help="log what would change, change nothing")
+    prov.add_argument("--timeout", type=int, default=3600, help="seconds to wait for the run (default 3600)")
+    sub.add_parser("kubeconfig", help="print the path of the lab cluster's admin kubeconfig")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("error: the lab needs root (network namespaces, mounts); run it as root.", file=sys.stderr)
@@ -666,9 +824,21 @@ def main(argv: list[str]) -> int:
         print(
             f"ssh:         ssh -i {lab.key_file} -o UserKnownHostsFile={lab.state / 'known_hosts'} {USER}@{lab.nodes[0].address}"
         )
-        print("environment for Airflow (datacloud_ssh connection and the pinned host keys):")
-        for key, value in lab.env().items():
-            print(f"  export {key}={shlex.quote(value)}")
+        print(f"mirror:      registry {lab.registry_url}, charts {lab.charts_url}")
+        print("next:        ./dev lab provision [--stages a,b,...]  (through the local stack; or trigger provision_platform")
+        print("             in the UI with this inventory), then ./dev lab kubeconfig")
+        return 0
+    if args.cmd in ("provision", "kubeconfig") and not (state / "lab.json").exists():
+        print("error: no lab is up; run ./dev lab up N first.", file=sys.stderr)
+        return 2
+    if args.cmd == "provision":
+        return provision(Lab.load(state), args.stages, args.dry_run, args.timeout)
+    if args.cmd == "kubeconfig":
+        lab = Lab.load(state)
+        if lab.nodes[0].root_pid() is None or not lab.nodes[0].path("/etc/kubernetes/admin.conf").exists():
+            print("error: the lab has no cluster yet; run ./dev lab provision first.", file=sys.stderr)
+            return 2
+        print(lab.kubeconfig())
         return 0
     if args.cmd == "status":
         if not (state / "lab.json").exists():
@@ -682,6 +852,7 @@ def main(argv: list[str]) -> int:
         print("no lab is up")
         return 0
     lab = Lab.load(state)
+    forget_host_keys(lab)
     try:
         lab.down()
     except RuntimeError as exc:

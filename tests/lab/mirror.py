@@ -113,6 +113,10 @@ BUSYBOX_APPLETS = ("cp", "cat", "sleep", "mkdir", "mv", "sh", "test")
 # Debian packages of the netfilter layer (kube-proxy, flannel), with their dependencies from the pool
 NETFILTER_PACKAGES = ("nftables", "iptables", "conntrack")
 # Debian's iptables alternatives point at the nft variant by default
+# The lab's own test image (pods that serve and probe over the CNI): every applet of busybox-static.
+# Its registry host is a reserved name (.invalid never resolves), so it can only come from the lab mirror.
+PROBE_REGISTRY = "lab.datacloud.invalid"
+PROBE_REF = f"{PROBE_REGISTRY}/probe:busybox"
 IPTABLES_LINKS = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore")
 
 
@@ -135,6 +139,7 @@ def image_refs() -> dict[str, str]:
     refs["coredns"] = f"registry.k8s.io/coredns/coredns:{_vtag(str(k['coredns_version']))}"
     refs["pause"] = f"registry.k8s.io/pause:{str(k['pause_version']).lstrip('v')}"
     refs["flannel"] = str(n["flannel_image"])  # the image the network stage's DaemonSet names
+    refs["probe"] = PROBE_REF
     return refs
 
 
@@ -455,12 +460,17 @@ def _netfilter_tree(work: Path) -> _Tree:
     return t
 
 
-def _busybox_tree() -> _Tree:
+def _busybox_tree(applets: tuple[str, ...] = BUSYBOX_APPLETS) -> _Tree:
     t = _Tree()
     t.file("usr/bin/busybox", busybox_binary(), mode=0o755)
-    for applet in BUSYBOX_APPLETS:
+    for applet in applets:
         t.link(f"usr/bin/{applet}", "busybox")
     return t
+
+
+def _busybox_applets() -> tuple[str, ...]:
+    out = subprocess.run([str(busybox_binary()), "--list"], check=True, capture_output=True, text=True).stdout.split()
+    return tuple(a for a in out if a != "busybox" and "/" not in a and not a.startswith("["))
 
 
 def _pause_binary(work: Path, kube_version: str, pause_version: str) -> Path:
@@ -528,6 +538,13 @@ def _specs() -> list[_Spec]:
             entrypoint=("/opt/bin/flanneld",),
             path="/opt/bin:" + PATH_ENV,
             source=f"github.com/flannel-io/flannel {versions()['network']['flannel_version']} + Debian bookworm nftables/iptables, busybox-static",
+        ),
+        _Spec(
+            "probe",
+            refs["probe"],
+            ("base", "busybox-all"),
+            entrypoint=("/usr/bin/sh",),
+            source="Debian bookworm busybox-static, every applet (the lab's test pods)",
         ),
     ]
     return specs
@@ -682,6 +699,7 @@ def build_images() -> ImageSet:
             "base": _base_tree(),
             "netfilter": _netfilter_tree(work),
             "busybox": _busybox_tree(),
+            "busybox-all": _busybox_tree(_busybox_applets()),
             "etcd": _bin_tree({f"usr/local/bin/{n}": files[n] for n in ("etcd", "etcdctl", "etcdutl")}),
             "coredns": _bin_tree({"coredns": files["coredns"]}),
             "flannel": _bin_tree({"opt/bin/flanneld": files["flanneld"]}),

@@ -63,6 +63,7 @@ EXPECTED = {
         "usr/bin/busybox",
     ]
     + [f"usr/bin/{a}" for a in ("cp", "cat", "sleep", "mkdir", "mv", "sh", "test")],
+    "lab.datacloud.invalid/probe:busybox": [f"usr/bin/{a}" for a in ("sh", "httpd", "wget", "nslookup", "nc", "sleep")],
 }
 ENTRYPOINTS = {
     f"registry.k8s.io/coredns/coredns:{COREDNS}": ["/coredns"],

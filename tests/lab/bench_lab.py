@@ -1,0 +1,109 @@
+"""Benchmark: the lab cluster's bring-up and provision_platform's first six stages on real nodes.
+
+    .venv/bin/python -m tests.lab.bench_lab N      (root; N nodes, 1..5)
+
+Brings a lab of N nodes up, runs provision_platform (preflight, gateway,
+node_prep, kubernetes, network, verify) with dag.test() twice, reads the API
+server until every node is Ready, measures the RSS of the control plane's
+processes on n1, takes the lab down and prints one JSON line. The second run
+is the baseline the first is compared with (same lab, same machine, minutes apart).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.lab.lab import Lab
+from tests.lab.test_provision_lab import STAGES, airflow_env, api, ready, run_dag
+
+CONTROL_PLANE = (
+    "kube-apiserver",
+    "etcd",
+    "kube-controller",
+    "kube-scheduler",
+    "kubelet",
+    "containerd",
+    "kube-proxy",
+    "coredns",
+    "flanneld",
+)
+
+
+def rss_mib(lab: Lab) -> dict[str, float]:
+    """VmRSS of the processes named in CONTROL_PLANE inside node n1, MiB (summed per name)."""
+    root = lab.nodes[0].root_pid()
+    ns = Path(f"/proc/{root}/ns/pid").resolve() if root else None
+    out: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if Path(proc / "ns/pid").resolve() != ns:
+                continue
+            comm = (proc / "comm").read_text().strip()
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        name = next((c for c in CONTROL_PLANE if comm.startswith(c[:15])), None)
+        if name is None:
+            continue
+        kb = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
+        out[name] = round(out.get(name, 0) + kb / 1024, 1)
+    return out
+
+
+def main(n: int) -> int:
+    work = Path(tempfile.mkdtemp(prefix="datacloud-lab-bench-"))
+    lab = Lab(n, work / "lab")
+    try:
+        t0 = time.monotonic()
+        lab.up()
+        up_s = time.monotonic() - t0
+        env = airflow_env(lab, work)
+        t1 = time.monotonic()
+        first, out = run_dag(env, "provision_platform", {"inventory": str(lab.inventory_path), "stages": STAGES})
+        first_s = time.monotonic() - t1
+        if first["state"] != "success":
+            print(out[-3000:], file=sys.stderr)
+            return 1
+        nodes = api(lab, "get", "nodes")["items"]
+        assert len(nodes) == n and all(ready(x) for x in nodes), "not every node is Ready"
+        ready_s = time.monotonic() - t0
+        time.sleep(20)  # let the control plane settle before reading its memory
+        rss = rss_mib(lab)
+        t2 = time.monotonic()
+        second, out = run_dag(env, "provision_platform", {"inventory": str(lab.inventory_path), "stages": STAGES})
+        second_s = time.monotonic() - t2
+        if second["state"] != "success":
+            print(out[-3000:], file=sys.stderr)
+            return 1
+        print(
+            json.dumps(
+                {
+                    "nodes": n,
+                    "lab_up_s": round(up_s, 1),
+                    "up_to_all_ready_s": round(ready_s, 1),
+                    "first_run_s": round(first_s, 1),
+                    "second_run_s": round(second_s, 1),
+                    "first_over_second": round(first_s / second_s, 2),
+                    "n1_rss_mib": rss,
+                    "n1_rss_total_mib": round(sum(rss.values()), 1),
+                }
+            )
+        )
+        return 0
+    finally:
+        lab.down()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    if not 1 <= count <= 5:
+        sys.exit("N must be between 1 and 5")
+    sys.exit(main(count))
