@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate an inventory")
     _inventory_arg(v)
     v.set_defaults(func=cmd_validate)
-    lab = sub.add_parser("lab", help="SSH lab nodes (lab up N | lab down)", add_help=False)
+    lab = sub.add_parser("lab", help="the SSH lab (lab up N | provision [--stages a,b] | kubeconfig | down)", add_help=False)
     lab.add_argument("lab_args", nargs=argparse.REMAINDER)
     lab.set_defaults(func=cmd_lab)
     tu = sub.add_parser("tunnels", help="how to reach every service from outside")
