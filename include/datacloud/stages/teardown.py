@@ -3,7 +3,8 @@
 ``confirm`` must equal the inventory's cluster name. Each node gets
 ``kubeadm reset`` and loses the files datacloud wrote for Kubernetes;
 packages and node preparation stay. Then every node is checked clean and the
-connection ``datacloud_kube`` is removed.
+connection ``datacloud_kube`` and the recorded platform state (datacloud.platform_state)
+are removed, so no stage counts as provisioned and no link points at a service that is gone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datacloud.inventory import Node
 from datacloud.stages._common import StageContext, Step, all_nodes, outcome
 
 log = logging.getLogger(__name__)
+
 
 def confirm(ctx: StageContext) -> dict:
     name = ctx.inv.cluster.name
@@ -41,6 +43,11 @@ def verify(ctx: StageContext, results: list[dict]) -> dict:
 
         if connections.delete(config.KUBE_CONN_ID):
             changes.append(f"remove the Airflow connection {config.KUBE_CONN_ID}")
+        from datacloud import platform_state
+
+        gone = platform_state.forget()
+        if gone:
+            changes.append(f"forget the recorded platform state ({', '.join(gone)})")
     log.info("teardown | Verify | %d node(s) clean", len(ctx.inv.nodes))
     return outcome("teardown", "verify", changes, ctx.dry_run)
 
