@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from datacloud.errors import TransientError
+from datacloud.errors import TransientError, UserError
 from datacloud.inventory import Inventory
 from datacloud.remote import CommandError, Remote, Result
 
@@ -40,6 +40,47 @@ ADMIN_KUBECONFIG = "/etc/kubernetes/admin.conf"
 # kubectl diff's answer for an object whose namespace, or whose kind's CRD, does not exist yet
 _NOT_THERE_YET = re.compile(r'namespaces "[^"]+" not found|no matches for kind|ensure CRDs are installed first')
 FIELD_MANAGER = "datacloud"
+
+# How helm (3.19) words a failure. Transient first: a chart repository or API server that
+# does not answer, a timeout, a lock held by another operation; a retry may succeed.
+HELM_TRANSIENT = re.compile(
+    r"connection refused|connection reset|i/o timeout|timed out|timeout|deadline exceeded|no such host"
+    r"|temporary failure|tls handshake|unexpected eof|cluster unreachable|service unavailable"
+    r"|too many requests|the server is currently unable|another operation \(install/upgrade/rollback\) is in progress"
+    r"|etcdserver",
+    re.I,
+)
+# Deterministic: the same chart, version and values fail the same way on every retry.
+HELM_DETERMINISTIC = re.compile(
+    r"not found in \S+ repository|chart \S+ version \S+ not found|no chart version found|no chart name found"
+    r"|values don't meet the specifications of the schema|error converting yaml to json|yaml parse error"
+    r"|cannot unmarshal|unable to build kubernetes objects from release manifest|error validating data"
+    r"|template: \S+:\d+|execution error at|chart requires kubeversion|invalid chart|is not a valid chart"
+    r"|unknown field|status code 404|: not found$",
+    re.I | re.M,
+)
+
+
+class HelmError(UserError):
+    """helm refused the chart, its version or its values: retrying cannot help."""
+
+
+def helm_failure(release_name: str, stderr: str) -> Exception:
+    """The error for a failed ``helm upgrade``: HelmError (no retries) or TransientError, from helm's stderr.
+
+    Judged on helm's ``Error:`` line (the lines after it quote values and schema paths, which may
+    contain words like "timeout"); a failure neither list knows stays transient.
+    """
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    first = next((ln for ln in lines if ln.startswith("Error:")), lines[-1] if lines else "no output").rstrip(":")
+    if HELM_TRANSIENT.search(first):
+        return TransientError(f"helm upgrade of {release_name} failed: {first}")
+    if HELM_DETERMINISTIC.search(first):
+        return HelmError(
+            f"helm upgrade of {release_name} failed: {first} "
+            "(the chart, its pinned version in manifests/versions.yaml or the rendered values are wrong; a retry fails the same way)."
+        )
+    return TransientError(f"helm upgrade of {release_name} failed: {first}")
 
 
 @dataclass
@@ -239,9 +280,7 @@ class Kube:
             timeout=timeout_s + 60,
         )
         if res.rc != 0:
-            raise TransientError(
-                f"helm upgrade of {release.name} failed: {(res.stderr.strip().splitlines() or ['no output'])[-1]}"
-            )
+            raise helm_failure(release.name, res.stderr)
         return True
 
     # -- wait --
