@@ -15,6 +15,56 @@ from datacloud.errors import TransientError, UserError
 log = logging.getLogger(__name__)
 
 TERMINAL = {"success", "failed"}
+MAX_DETAIL = 300
+
+
+def _leaves(value: Any) -> set[str]:
+    """Every string inside a request body (values, not keys), also inside strings that hold JSON."""
+    out: set[str] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+        elif isinstance(v, str) and v:
+            out.add(v)
+            if v[:1] in "[{":  # a connection's extra is JSON in a string
+                try:
+                    stack.append(json.loads(v))
+                except ValueError:
+                    pass
+    return out
+
+
+def error_detail(raw: bytes, body: Any = None, secrets: tuple[str, ...] = ()) -> str:
+    """What the API said about a refused request, with nothing of the request body in it.
+
+    FastAPI's validation errors (422) echo what was sent as ``input`` (a connection's
+    password, say): only their ``loc`` and ``msg`` are kept. Whatever remains has every
+    string of the body (and of ``secrets``), plain, JSON-escaped or repr-escaped, replaced by ``***``.
+    """
+    text = raw.decode(errors="replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and "detail" in parsed:
+        detail = parsed["detail"]
+        if isinstance(detail, list):
+            text = "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc') or [])}: {e.get('msg', '')}" if isinstance(e, dict) else "?"
+                for e in detail
+            )
+        elif isinstance(detail, dict):
+            text = str(detail.get("reason") or detail.get("message") or "no reason given")
+        else:
+            text = str(detail)
+    for value in sorted({*_leaves(body), *(s for s in secrets if s)}, key=len, reverse=True):
+        for form in (value, json.dumps(value)[1:-1], repr(value)[1:-1]):
+            text = text.replace(form, "***")
+    return text[:MAX_DETAIL]
 
 
 class AirflowAPI:
@@ -35,7 +85,7 @@ class AirflowAPI:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
+            detail = error_detail(exc.read(), body, (self.password, self._token or ""))
             if exc.code in (502, 503, 504):
                 raise TransientError(f"Airflow API {method} {path} answered {exc.code}") from None
             raise UserError(f"Airflow API {method} {path} answered {exc.code}: {detail}") from None
@@ -60,7 +110,9 @@ class AirflowAPI:
                 return self._request("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}")
             except UserError:
                 if time.monotonic() > deadline:
-                    raise UserError(f"DAG {dag_id} did not appear in Airflow within {timeout:.0f}s; check the DAG processor log.") from None
+                    raise UserError(
+                        f"DAG {dag_id} did not appear in Airflow within {timeout:.0f}s; check the DAG processor log."
+                    ) from None
                 time.sleep(2)
 
     def import_errors(self) -> list[dict[str, Any]]:
@@ -88,7 +140,9 @@ class AirflowAPI:
         return self._request("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}")
 
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
-        return self._request("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns?limit=100&order_by=logical_date")["dag_runs"]
+        return self._request("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns?limit=100&order_by=logical_date")[
+            "dag_runs"
+        ]
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         path = f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances?limit=500"
