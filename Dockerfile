@@ -23,3 +23,15 @@ COPY --chown=airflow:0 plugins /opt/airflow/plugins
 RUN pip install --no-cache-dir --no-deps -e /opt/datacloud
 
 ENV DATACLOUD_DATA_DIR=/opt/airflow/datacloud-data
+
+# Production settings (docs/operations.md#production-airflow-settings). Users and roles
+# come from the FAB auth manager (the base image ships its provider), never the simple
+# one. The keys are read at start from files mounted at run time (a Kubernetes Secret,
+# `docker run --mount type=bind,...`); none is baked into the image, and Airflow fails to
+# start when a file is missing. Every Airflow component needs the same three files.
+ENV AIRFLOW__CORE__AUTH_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager \
+    AIRFLOW__CORE__FERNET_KEY_CMD="cat /run/secrets/airflow/fernet-key" \
+    AIRFLOW__API__SECRET_KEY_CMD="cat /run/secrets/airflow/api-secret-key" \
+    AIRFLOW__API_AUTH__JWT_SECRET_CMD="cat /run/secrets/airflow/jwt-secret" \
+    AIRFLOW__CORE__LOAD_EXAMPLES=False \
+    AIRFLOW__API__EXPOSE_CONFIG=False

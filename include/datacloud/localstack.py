@@ -28,6 +28,13 @@ from datacloud.errors import UserError
 log = logging.getLogger(__name__)
 
 SERVICES = ("airflow", "spark-worker", "spark-master", "ferretdb")  # stop order
+LOOPBACK = "127.0.0.1"  # every port the stack opens binds here
+# The account stages use for the Airflow REST API (connection datacloud_airflow_api).
+# The simple auth manager has four fixed roles (viewer < user < op < admin); op is the
+# lowest that may write connections (docs/security.md says what else it may do).
+STAGES_USER = "datacloud-stages"
+STAGES_ROLE = "op"
+API_CONN_ENV = "AIRFLOW_CONN_DATACLOUD_AIRFLOW_API"
 
 
 def _versions() -> dict:
@@ -107,8 +114,18 @@ class Stack:
     def env(self) -> dict[str, str]:
         """Environment for Airflow and for shells (``./dev env`` prints it)."""
         mongo_conn = {"conn_type": "mongo", "host": "127.0.0.1", "port": self.mongo_port, "schema": config.MONGO_DATABASE}
-        api_conn = {"conn_type": "http", "host": self.airflow_url, "login": "admin", "password": self.ensure_admin_password()}
-        spark_conn = {"conn_type": "spark", "host": "spark://127.0.0.1", "port": self.spark_port, "extra": {"deploy-mode": "client"}}
+        api_conn = {
+            "conn_type": "http",
+            "host": self.airflow_url,
+            "login": STAGES_USER,
+            "password": self.ensure_passwords()[STAGES_USER],
+        }
+        spark_conn = {
+            "conn_type": "spark",
+            "host": "spark://127.0.0.1",
+            "port": self.spark_port,
+            "extra": {"deploy-mode": "client"},
+        }
         env = {
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(config.REPO_ROOT / "dags"),
@@ -116,8 +133,10 @@ class Stack:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"admin:admin,{STAGES_USER}:{STAGES_ROLE}",
+            "AIRFLOW__API__HOST": LOOPBACK,
             "AIRFLOW__API__PORT": str(self.airflow_port),
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": LOOPBACK,
             "AIRFLOW__API__BASE_URL": self.airflow_url,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "20",
@@ -130,8 +149,8 @@ class Stack:
             "AIRFLOW_CONN_DATACLOUD_MONGO": json.dumps(mongo_conn),
             "AIRFLOW_CONN_DATACLOUD_SPARK": json.dumps(spark_conn),
             # stages write the connections they create (datacloud_kube, datacloud_mongo) through the API
-            "AIRFLOW_CONN_DATACLOUD_AIRFLOW_API": json.dumps(api_conn),
-            "SPARK_LOCAL_IP": "127.0.0.1",
+            API_CONN_ENV: json.dumps(api_conn),
+            "SPARK_LOCAL_IP": LOOPBACK,  # the Spark web UIs bind here too
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
             # airflow standalone starts its components as `airflow ...` from PATH
@@ -140,6 +159,12 @@ class Stack:
         jh = java_home()
         if jh:
             env["JAVA_HOME"] = jh
+        return env
+
+    def shell_env(self) -> dict[str, str]:
+        """What ``./dev env`` prints: ``env()`` without the API account (a shell's ``dags test`` writes to the DB)."""
+        env = self.env()
+        del env[API_CONN_ENV]
         return env
 
     # --- process bookkeeping -------------------------------------------------
@@ -151,8 +176,13 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         logf = open(self.run_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
-            argv, env={**os.environ, **env, "DATACLOUD_STACK": str(self.data_dir)}, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=str(cwd or config.REPO_ROOT), start_new_session=True,
+            argv,
+            env={**os.environ, **env, "DATACLOUD_STACK": str(self.data_dir)},
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(cwd or config.REPO_ROOT),
+            start_new_session=True,
         )
         logf.close()
         self._pidfile(name).write_text(json.dumps({"pid": proc.pid, "start": _start_time(proc.pid), "argv": argv[:2]}))
@@ -226,8 +256,16 @@ class Stack:
         data.mkdir(parents=True, exist_ok=True)
         self._start(
             "ferretdb",
-            [str(binary), "--handler=sqlite", f"--sqlite-url=file:{data}/", f"--listen-addr=127.0.0.1:{self.mongo_port}",
-             "--telemetry=disable", "--debug-addr=-", f"--state-dir={data}", "--log-level=WARN"],
+            [
+                str(binary),
+                "--handler=sqlite",
+                f"--sqlite-url=file:{data}/",
+                f"--listen-addr={LOOPBACK}:{self.mongo_port}",
+                "--telemetry=disable",
+                "--debug-addr=-",
+                f"--state-dir={data}",
+                "--log-level=WARN",
+            ],
             {},
         )
         self._wait("FerretDB", lambda: port_open(self.mongo_port), 30, "ferretdb")
@@ -236,7 +274,9 @@ class Stack:
         if self.running("airflow"):
             return
         if port_open(self.airflow_port):
-            raise UserError(f"port {self.airflow_port} is already in use by another program; stop it or set DATACLOUD_AIRFLOW_PORT.")
+            raise UserError(
+                f"port {self.airflow_port} is already in use by another program; stop it or set DATACLOUD_AIRFLOW_PORT."
+            )
         self.airflow_home.mkdir(parents=True, exist_ok=True)
         airflow = str(Path(sys.executable).parent / "airflow")
         self._start("airflow", [airflow, "standalone"], self.env())
@@ -258,16 +298,35 @@ class Stack:
         if not self.running("spark-master"):
             self._start(
                 "spark-master",
-                [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(self.spark_port),
-                 "--webui-port", str(self.spark_ui_port)],
+                [
+                    spark_class,
+                    "org.apache.spark.deploy.master.Master",
+                    "--host",
+                    LOOPBACK,
+                    "--port",
+                    str(self.spark_port),
+                    "--webui-port",
+                    str(self.spark_ui_port),
+                ],
                 env,
             )
             self._wait("Spark master", lambda: port_open(self.spark_port), 60, "spark-master")
         if not self.running("spark-worker"):
             self._start(
                 "spark-worker",
-                [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "2", "--memory", "2g",
-                 "--webui-port", "0", self.spark_master],
+                [
+                    spark_class,
+                    "org.apache.spark.deploy.worker.Worker",
+                    "--host",
+                    LOOPBACK,
+                    "--cores",
+                    "2",
+                    "--memory",
+                    "2g",
+                    "--webui-port",
+                    "0",
+                    self.spark_master,
+                ],
                 env,
             )
 
@@ -311,15 +370,26 @@ class Stack:
 
     def ensure_admin_password(self) -> str:
         """The local admin password, generated on first use into the file airflow standalone reads."""
+        return self.ensure_passwords()["admin"]
+
+    def ensure_passwords(self) -> dict[str, str]:
+        """The admin's and the stages user's passwords; a missing one is generated into the password file (0600)."""
         try:
-            return self.admin_password()
-        except UserError:
+            passwords = json.loads(self.password_file.read_text())
+        except FileNotFoundError:
+            passwords = {}
+        except ValueError:
+            raise UserError(f"{self.password_file} is not JSON; ./dev down, delete it, ./dev up.") from None
+        missing = [user for user in ("admin", STAGES_USER) if not passwords.get(user)]
+        if missing:
+            passwords.update({user: secrets.token_urlsafe(18) for user in missing})
             self.airflow_home.mkdir(parents=True, exist_ok=True)
-            password = secrets.token_urlsafe(18)
-            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            tmp = self.password_file.with_name(f".{self.password_file.name}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
-                json.dump({"admin": password}, f)
-            return password
+                json.dump(passwords, f)
+            os.replace(tmp, self.password_file)
+        return passwords
 
     def admin_password(self) -> str:
         try:

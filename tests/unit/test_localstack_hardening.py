@@ -1,0 +1,93 @@
+"""Item 9 of issue 12: the local stack listens on loopback only, stages use their own API user, ./dev env prints no password."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from datacloud import cli, localstack
+from datacloud.localstack import STAGES_USER, Stack
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Stack:
+    return Stack(data_dir=tmp_path / "data", airflow_port=18080, mongo_port=17017, spark_port=17077, spark_ui_port=18081)
+
+
+def _started(stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Start every service with process creation and waiting replaced: name -> (argv, env)."""
+    started: dict[str, tuple[list[str], dict[str, str]]] = {}
+    binary = tmp_path / "ferretdb"
+    binary.touch()
+    monkeypatch.setattr(localstack, "ferretdb_binary", lambda: binary)
+    monkeypatch.setattr(localstack, "port_open", lambda *a, **k: False)
+    monkeypatch.setattr(Stack, "_start", lambda self, name, argv, env, cwd=None: started.setdefault(name, (argv, env)))
+    monkeypatch.setattr(Stack, "_wait", lambda *a, **k: None)
+    monkeypatch.setattr(Stack, "running", lambda self, name: None)
+    monkeypatch.setattr(Stack, "ensure_pools", lambda self: None)
+    stack.up(spark=True)
+    return started
+
+
+def test_every_service_of_the_stack_binds_loopback(stack: Stack, monkeypatch, tmp_path: Path) -> None:
+    started = _started(stack, monkeypatch, tmp_path)
+    assert set(started) == {"ferretdb", "spark-master", "spark-worker", "airflow"}
+    ferret_argv = started["ferretdb"][0]
+    assert f"--listen-addr=127.0.0.1:{stack.mongo_port}" in ferret_argv and "--debug-addr=-" in ferret_argv
+    for name in ("spark-master", "spark-worker"):
+        argv, env = started[name]
+        assert argv[argv.index("--host") + 1] == "127.0.0.1", name
+        assert env["SPARK_LOCAL_IP"] == "127.0.0.1", name  # the Spark web UIs bind to SPARK_LOCAL_IP
+    airflow_env = started["airflow"][1]
+    assert airflow_env["AIRFLOW__API__HOST"] == "127.0.0.1"  # the API server's default is 0.0.0.0
+    assert airflow_env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST"] == "127.0.0.1"
+
+
+def test_stages_write_connections_as_their_own_op_user_not_admin(stack: Stack) -> None:
+    env = stack.env()
+    users = dict(u.split(":") for u in env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(","))
+    assert users == {"admin": "admin", STAGES_USER: "op"}
+    conn = json.loads(env["AIRFLOW_CONN_DATACLOUD_AIRFLOW_API"])
+    passwords = json.loads(stack.password_file.read_text())
+    assert conn["login"] == STAGES_USER and conn["password"] == passwords[STAGES_USER]
+    assert passwords["admin"] not in json.dumps(env)
+    assert stat.S_IMODE(os.stat(stack.password_file).st_mode) == 0o600
+
+
+def test_op_is_the_least_role_that_writes_connections() -> None:
+    """The simple auth manager (forced by airflow standalone) has no per-connection role; op is the least that writes."""
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    manager = SimpleAuthManager()
+    for role, may_write in (("viewer", False), ("user", False), ("op", True)):
+        user = SimpleAuthManagerUser(username="u", role=role)
+        assert manager.is_authorized_connection(method="POST", user=user) is may_write, role
+    op = SimpleAuthManagerUser(username=STAGES_USER, role="op")
+    # what op can still do (docs/security.md): every connection, variable and pool, and trigger any DAG
+    assert manager.is_authorized_connection(method="DELETE", user=op)
+    assert manager.is_authorized_variable(method="PUT", user=op)
+    assert manager.is_authorized_pool(method="POST", user=op)
+    assert manager.is_authorized_dag(method="POST", user=op)
+
+
+def test_an_older_password_file_gains_the_stages_user_and_keeps_the_admin(stack: Stack) -> None:
+    stack.airflow_home.mkdir(parents=True)
+    stack.password_file.write_text(json.dumps({"admin": "the-old-admin-password"}))
+    passwords = stack.ensure_passwords()
+    assert passwords["admin"] == "the-old-admin-password" and len(passwords[STAGES_USER]) >= 24
+    assert json.loads(stack.password_file.read_text()) == passwords
+    assert stack.ensure_passwords() == passwords
+
+
+def test_dev_env_prints_no_password(stack: Stack, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(localstack, "Stack", lambda: stack)
+    assert cli.cmd_env(None) == 0
+    out = capsys.readouterr().out
+    passwords = json.loads(stack.password_file.read_text())
+    assert passwords and all(p not in out for p in passwords.values())
+    assert "AIRFLOW_CONN_DATACLOUD_AIRFLOW_API" not in out and "export AIRFLOW_HOME=" in out
