@@ -1,8 +1,9 @@
 # Runs inside the hub pod (kubectl exec -i deploy/hub -- python3 -c "<this file>"),
-# reading {"db_url", "username", "password"} as JSON on stdin: creates the
-# NativeAuthenticator account of the platform admin, authorized, unless it exists.
-# Without it, whoever signs up first under the admin's name would become admin.
-# Prints one word: created | exists | exists-other-password.
+# reading {"db_url", "username", "password", "rotate"} as JSON on stdin: creates the
+# NativeAuthenticator account of the platform admin, authorized, unless it exists
+# (sign-up stays closed until then: whoever signed up first under the admin's name
+# would become admin). With "rotate", an existing account gets the new password.
+# Prints one word: created | exists | rotated | exists-other-password.
 import json
 import sys
 
@@ -21,5 +22,10 @@ if user is None:
     print("created")
 elif bcrypt.checkpw(spec["password"].encode(), user.password):
     print("exists")
+elif spec.get("rotate"):
+    user.password = bcrypt.hashpw(spec["password"].encode(), bcrypt.gensalt())
+    user.is_authorized = True
+    session.commit()
+    print("rotated")
 else:
     print("exists-other-password")

@@ -234,7 +234,7 @@ def test_every_app_stage_has_apply_then_verify() -> None:
     assert [s.name for s in jupyter.STEPS] == ["apply", "admin", "verify"]
 
 
-def test_jupyter_admin_account_is_created_once_with_a_generated_password(caplog) -> None:
+def test_jupyter_admin_account_is_created_once_with_a_generated_password() -> None:
     kube = RecordingKubeDouble()
     seen: list[str] = []
 
@@ -246,13 +246,12 @@ def test_jupyter_admin_account_is_created_once_with_a_generated_password(caplog)
     first = jupyter.ensure_admin(_ctx(kube))
     password = kube.objects["Secret/jupyter/jupyterhub-admin"]["stringData"]["password"]
     assert len(password) >= 32
-    assert len(first["changes"]) == 2
+    assert len(first["changes"]) == 3  # Secret, account, sign-up opened
     assert password not in seen[0]  # the password travels on stdin, never in the command line
     assert password not in json.dumps(first)
     second = jupyter.ensure_admin(_ctx(kube))
     assert second["changes"] == []
     assert kube.objects["Secret/jupyter/jupyterhub-admin"]["stringData"]["password"] == password
     kube.kubectl_replies.insert(0, (("exec", "-i"), lambda args: Result(0, "exists-other-password\n", "")))
-    with caplog.at_level(logging.WARNING):
-        assert jupyter.ensure_admin(_ctx(kube))["changes"] == []
-    assert "not the one in Secret jupyter/jupyterhub-admin" in caplog.text
+    with pytest.raises(UserError, match="not the one in Secret jupyter/jupyterhub-admin"):
+        jupyter.ensure_admin(_ctx(kube))

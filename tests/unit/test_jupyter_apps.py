@@ -280,7 +280,7 @@ def test_admission_policy_narrows_what_notebooks_may_create() -> None:
     assert "has(v.emptyDir) || has(v.configMap) || has(v.projected) || has(v.secret)" in rules
 
 
-def _bootstrap(tmp_path: Path, *passwords: str) -> list[str]:
+def _bootstrap(tmp_path: Path, *passwords: str, rotate: bool = False) -> list[str]:
     """Run bootstrap_admin.py once per password (as the hub would, one exec each) in one interpreter."""
     import os
     import subprocess
@@ -288,7 +288,7 @@ def _bootstrap(tmp_path: Path, *passwords: str) -> list[str]:
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "doubles_hub")}
     db = f"sqlite:///{tmp_path / 'hub.sqlite'}"
-    specs = [json.dumps({"db_url": db, "username": jupyter.ADMIN_USER, "password": p}) for p in passwords]
+    specs = [json.dumps({"db_url": db, "username": jupyter.ADMIN_USER, "password": p, "rotate": rotate}) for p in passwords]
     driver = (
         "import io, json, sys\n"
         f"code = compile(open({str(jupyter.BOOTSTRAP_FILE)!r}).read(), 'bootstrap_admin.py', 'exec')\n"
@@ -314,3 +314,15 @@ def test_admin_bootstrap_creates_once_and_detects_a_foreign_password(tmp_path: P
     assert name == jupyter.ADMIN_USER
     assert authorized == 1
     assert bcrypt.checkpw(b"first-secret-value", hashed)
+
+
+def test_admin_bootstrap_rotation_sets_the_new_password(tmp_path: Path) -> None:
+    import sqlite3
+
+    import bcrypt
+
+    assert _bootstrap(tmp_path, "first-secret-value") == ["created"]
+    assert _bootstrap(tmp_path, "second-secret-value", "second-secret-value", rotate=True) == ["rotated", "exists"]
+    rows = sqlite3.connect(tmp_path / "hub.sqlite").execute("select password, is_authorized from users_info").fetchall()
+    assert len(rows) == 1 and rows[0][1] == 1
+    assert bcrypt.checkpw(b"second-secret-value", rows[0][0])

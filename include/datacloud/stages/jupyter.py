@@ -3,8 +3,8 @@
 ``render(inv)`` gives the namespace, the notebook identity (ServiceAccount
 ``spark-notebook`` with a Role limited to executor pods in ``jupyter``), the
 NetworkPolicies for driver<->executor traffic, and the chart release whose values
-set: NativeAuthenticator (sign-up needs an admin's approval; never the dummy
-authenticator), per-user volumes on the block StorageClass, idle culling, the
+set: NativeAuthenticator (sign-up closed until the admin step has created the
+admin's account, then open with an admin's approval; never the dummy authenticator), per-user volumes on the block StorageClass, idle culling, the
 single-user image from manifests/images/jupyter, and the spawner hooks of
 manifests/jupyter/spark_driver_service.py that give every user pod its Spark
 driver Service.
@@ -43,7 +43,8 @@ def _ports(*ports: int) -> list[dict[str, Any]]:
     return [{"protocol": "TCP", "port": p} for p in ports]
 
 
-def hub_release(inv: Inventory) -> Release:
+def hub_release(inv: Inventory, signup: bool = False) -> Release:
+    """The chart release; ``signup`` opens the sign-up page (only once the admin's account exists)."""
     j = inv.components.jupyter
     net = netpol_context(inv)
     classes = storage_classes(inv)
@@ -56,6 +57,7 @@ def hub_release(inv: Inventory) -> Release:
                 "JupyterHub": {"authenticator_class": "nativeauthenticator.NativeAuthenticator"},
                 "Authenticator": {"admin_users": [ADMIN_USER]},
                 "NativeAuthenticator": {
+                    "enable_signup": signup,
                     "open_signup": False,  # a new account waits for an admin's approval
                     "minimum_password_length": 12,
                     "check_common_password": True,
@@ -196,44 +198,95 @@ def apply(ctx: Any) -> dict[str, Any]:
         changes.append(f"Secret {JUPYTER_NS}/{MONGO_SECRET} written (MongoDB URI for notebooks)")
     elif why != "unchanged":
         log.warning("JupyterHub | MongoDB | %s; notebooks start without MONGODB_URI until the stage runs again", why)
-    for release in rendered.releases:
-        if kube.helm_upgrade(release):
-            changes.append(f"helm release {release.name} {release.chart} {release.version} installed or upgraded")
+    signup = signup_open(kube)  # closed on a first install: the admin step opens it
+    release = hub_release(ctx.inv, signup=signup)
+    if kube.helm_upgrade(release):
+        changes.append(f"helm release {release.name} {release.chart} {release.version} installed or upgraded")
     if not ctx.dry_run:
         kube.rollout_status("deployment", "hub", namespace=JUPYTER_NS, timeout_s=600)
         kube.rollout_status("deployment", "proxy", namespace=JUPYTER_NS, timeout_s=300)
-    return _outcome("apply", changes, ctx.dry_run, admin_user=ADMIN_USER)
+    return _outcome("apply", changes, ctx.dry_run, admin_user=ADMIN_USER, signup_open=signup)
 
 
 ADMIN_SECRET = "jupyterhub-admin"  # noqa: S105 - a Secret name; key `password`, generated at run time
 HUB_DB_URL = "sqlite:////srv/jupyterhub/jupyterhub.sqlite"  # the chart's hub.db.type sqlite-pvc
 BOOTSTRAP_FILE = MANIFESTS_DIR / "jupyter" / "bootstrap_admin.py"
+# On Secret jupyterhub-admin once the hub holds the admin's account with that password:
+# from then on the chart is rendered with sign-up open.
+ADMIN_CONFIRMED = "datacloud/hub-account"
+
+
+def _admin_secret(kube: Any) -> tuple[str | None, dict[str, str]]:
+    """The admin's password (masked) and the Secret's annotations; (None, {}) when there is no Secret."""
+    from datacloud.stages.apps_common import secret_value
+    from datacloud.stages.mongo import _mask
+
+    obj = kube.get_json("secret", ADMIN_SECRET, namespace=JUPYTER_NS)
+    if obj is None:
+        return None, {}
+    password = secret_value(kube, ADMIN_SECRET, JUPYTER_NS, "password")
+    if password is not None:
+        _mask(password)
+    return password, dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def signup_open(kube: Any) -> bool:
+    """Whether the admin step has confirmed the admin's account (so sign-up may open)."""
+    return _admin_secret(kube)[1].get(ADMIN_CONFIRMED) == "true"
+
+
+def _rotation_requested(annotations: dict[str, str]) -> bool:
+    from datacloud.errors import UserError
+    from datacloud.stages.mongo import ROTATE_ANNOTATION
+
+    value = annotations.get(ROTATE_ANNOTATION)
+    if value not in (None, "true"):
+        raise UserError(
+            f"Secret {JUPYTER_NS}/{ADMIN_SECRET} has annotation {ROTATE_ANNOTATION}={value[:40]!r}; set it to true to "
+            f"rotate the admin's password, or remove it with: "
+            f"kubectl annotate secret --namespace {JUPYTER_NS} {ADMIN_SECRET} {ROTATE_ANNOTATION}-"
+        )
+    return value == "true"
 
 
 def ensure_admin(ctx: Any) -> dict[str, Any]:
-    """Create the admin's NativeAuthenticator account (password in Secret jupyter/jupyterhub-admin).
+    """Create the admin's NativeAuthenticator account (password in Secret jupyter/jupyterhub-admin), then open sign-up.
 
-    Sign-up is open to anyone who reaches the hub; the account named in
-    admin_users must therefore exist before people do, with a password we chose.
+    The chart is installed with sign-up closed until this step has put the account
+    named in admin_users into the hub's database, with a password we chose: a
+    sign-up under that name is authorized as admin without approval. An account that
+    exists with another password fails the step. ``datacloud/rotate=true`` on the
+    Secret gives the account and the Secret a new password.
     """
     import json
     import secrets as pysecrets
 
-    from datacloud.errors import TransientError
-    from datacloud.stages.apps_common import secret_object, secret_value
+    from datacloud.errors import TransientError, UserError
+    from datacloud.stages.apps_common import secret_object
+    from datacloud.stages.mongo import ROTATE_ANNOTATION, _mask
 
     kube = ctx.kube()
     changes: list[str] = []
-    password = secret_value(kube, ADMIN_SECRET, JUPYTER_NS, "password")
-    if password is None:
+    password, annotations = _admin_secret(kube)
+    rotate = password is not None and _rotation_requested(annotations)
+    confirmed = annotations.get(ADMIN_CONFIRMED) == "true"
+
+    def write_secret(value: str, confirm: bool) -> None:
+        obj = secret_object(ADMIN_SECRET, JUPYTER_NS, {"username": ADMIN_USER, "password": value}, "hub")
+        if confirm:
+            obj["metadata"]["annotations"] = {ADMIN_CONFIRMED: "true"}
+        kube.apply([obj])
+
+    if password is None or rotate:
         password = pysecrets.token_urlsafe(24)
-        kube.apply([secret_object(ADMIN_SECRET, JUPYTER_NS, {"username": ADMIN_USER, "password": password}, "hub")])
-        changes.append(f"Secret {JUPYTER_NS}/{ADMIN_SECRET} generated ({ADMIN_USER}'s password)")
+        _mask(password)
+        write_secret(password, confirmed)  # the annotation stays until the hub has the new password
+        changes.append(f"Secret {JUPYTER_NS}/{ADMIN_SECRET} {'rotated' if rotate else 'generated'} ({ADMIN_USER}'s password)")
     if ctx.dry_run:
         return _outcome(
             "admin", changes, True, admin_user=ADMIN_USER, note="the account itself is checked in the hub at run time"
         )
-    spec = json.dumps({"db_url": HUB_DB_URL, "username": ADMIN_USER, "password": password})
+    spec = json.dumps({"db_url": HUB_DB_URL, "username": ADMIN_USER, "password": password, "rotate": rotate})
     res = kube.kubectl(
         "exec", "-i", "--namespace", JUPYTER_NS, "deploy/hub", "--", "python3", "-c", BOOTSTRAP_FILE.read_text(),
         stdin=spec, check=False, quiet=True,
@@ -241,18 +294,27 @@ def ensure_admin(ctx: Any) -> dict[str, Any]:
     word = res.stdout.strip().splitlines()[-1] if res.rc == 0 and res.stdout.strip() else ""
     if word == "created":
         changes.append(f"JupyterHub account {ADMIN_USER} created (authorized admin)")
+    elif word == "rotated":
+        changes.append(f"JupyterHub account {ADMIN_USER} has the new password")
     elif word == "exists-other-password":
-        log.warning(
-            "JupyterHub | Admin | %s exists with a password that is not the one in Secret %s/%s; "
-            "if nobody on your team created it, delete the account in the hub's admin page",
-            ADMIN_USER,
-            JUPYTER_NS,
-            ADMIN_SECRET,
+        raise UserError(
+            f"the JupyterHub account {ADMIN_USER} exists with a password that is not the one in Secret "
+            f"{JUPYTER_NS}/{ADMIN_SECRET}, so someone may have claimed the admin's name; sign-up stays closed. If "
+            f"nobody on your team set it, delete the account in the hub; to give it the Secret's password run "
+            f"kubectl annotate secret --namespace {JUPYTER_NS} {ADMIN_SECRET} {ROTATE_ANNOTATION}=true and run the stage again"
         )
     elif word != "exists":
         raise TransientError(
             f"creating the JupyterHub admin account failed: {(res.stderr.strip().splitlines() or ['no output'])[-1]}"
         )
+    if rotate:
+        kube.kubectl("annotate", "secret", ADMIN_SECRET, "--namespace", JUPYTER_NS, f"{ROTATE_ANNOTATION}-")
+    if not confirmed:
+        write_secret(password, True)
+        release = hub_release(ctx.inv, signup=True)
+        kube.helm_upgrade(release)
+        kube.rollout_status("deployment", "hub", namespace=JUPYTER_NS, timeout_s=600)
+        changes.append(f"sign-up opened (the admin account {ADMIN_USER} exists; new accounts wait for its approval)")
     return _outcome("admin", changes, False, admin_user=ADMIN_USER, admin_secret=f"{JUPYTER_NS}/{ADMIN_SECRET}")
 
 
