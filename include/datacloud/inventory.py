@@ -175,6 +175,7 @@ class Packages(_Model):
 REGISTRY_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*(:[0-9]{1,5})?$")
 IMAGE_REPOSITORY = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,252})(:[0-9]{1,5})?(/[a-z0-9]([a-z0-9._-]{0,126}))*$")
 PREFLIGHT_CHECK = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class KubernetesSettings(_Model):
@@ -224,6 +225,38 @@ class ContainerdSettings(_Model):
             for u in urls:
                 _check(REPO_URL, u, "a mirror URL like http://10.0.0.1:5000 or http://10.0.0.1:5000/v2/registry.k8s.io")
         return v
+
+
+class ImagesSettings(_Model):
+    """Where the nodes pull the images this project builds (manifests/images/*).
+
+    ``registry`` is the installation's own repository prefix; the names and tags come from
+    manifests/versions.yaml (``spark.image``, ``jupyter.image``), so the Spark image is
+    ``<registry>/spark:<tag>``. A digest (``sha256:<64 hex>``, what the push printed) pins
+    the exact build: ``<registry>/spark:<tag>@sha256:...``, pulled ``IfNotPresent``; an image
+    without one is pulled ``Always`` (docs/operations.md, "Our own images").
+    """
+
+    registry: str | None = None  # e.g. registry.example.internal:5000/datacloud
+    spark_digest: str | None = None
+    jupyter_digest: str | None = None
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        what = "a registry-qualified repository like registry.example.internal:5000/datacloud"
+        _check(IMAGE_REPOSITORY, v, what)
+        host = v.split("/", 1)[0]
+        if not ("." in host or ":" in host or host == "localhost"):
+            raise ValueError(f"{_short(v)} is not {what} (it would resolve on Docker Hub)")
+        return v
+
+    @field_validator("spark_digest", "jupyter_digest")
+    @classmethod
+    def _digest(cls, v: str | None) -> str | None:
+        return None if v is None else _check(IMAGE_DIGEST, v, "an image digest like sha256:<64 hex digits>")
 
 
 class Disk(_Model):
@@ -417,6 +450,7 @@ class Inventory(_Model):
     packages: Packages = Field(default_factory=Packages)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     containerd: ContainerdSettings = Field(default_factory=ContainerdSettings)
+    images: ImagesSettings = Field(default_factory=ImagesSettings)
     nodes: list[Node] = Field(min_length=1, max_length=100)
     components: Components = Field(default_factory=Components)
 

@@ -12,7 +12,8 @@ The target comes from ``DATACLOUD_SPARK_TARGET`` when the DAG file is parsed
   mode, so the driver's output is the task log).
 * ``kubernetes`` -- the provider's ``SparkKubernetesOperator`` creates a
   SparkApplication rendered from ``manifests/spark/sparkapplication-flights.yaml.j2``
-  (image and connector pinned in manifests/versions.yaml); its name is unique per
+  (connector pinned in manifests/versions.yaml; the image is the one the spark stage
+  deployed and recorded in the platform state, registry-qualified); its name is unique per
   dag, run and try so a retry never meets "409 already exists"; the driver log is
   streamed into the task log and the application is deleted when it ends.
 
@@ -85,12 +86,40 @@ def application_name(dag_id: str, run_id: str, try_number: int, day: str) -> str
     return f"{stem}-{day.replace('-', '')}-{digest}-t{int(try_number)}"
 
 
-def render_application(*, name: str, day: str, database: str, namespace: str = K8S_NAMESPACE) -> dict[str, Any]:
-    """The SparkApplication for one run (pure: the render test checks it against our schema)."""
+def recorded_spark_image() -> str:
+    """The Spark image the spark stage deployed (platform state), or one sentence saying what to do."""
+    from datacloud.images import qualified
+    from datacloud.platform_state import load_state
+
+    recorded = str(load_state().facts("spark").get("image") or "")
+    if not recorded:
+        raise UserError(
+            "the spark stage has recorded no Spark image; run provision_platform with the spark stage "
+            "(and images.registry in the inventory) before the kubernetes Spark target."
+        )
+    if not qualified(recorded):
+        raise UserError(
+            f"the recorded Spark image {recorded!r} names no registry; set images.registry and run the spark stage again."
+        )
+    return recorded
+
+
+def render_application(
+    *, name: str, day: str, database: str, namespace: str = K8S_NAMESPACE, image: str | None = None
+) -> dict[str, Any]:
+    """The SparkApplication for one run (pure: the render test checks it against our schema).
+
+    ``image``: the Spark image to run (the task passes :func:`recorded_spark_image`); by
+    default the repository-relative pin, for rendering only.
+    """
+    from datacloud.images import own_image, pull_policy
     from datacloud.render import render_template
 
+    image = image or own_image(None, "spark")
     (app,) = render_template(
         TEMPLATE,
+        image=image,
+        pull_policy=pull_policy(image),
         name=name,
         namespace=namespace,
         day=day,
@@ -256,12 +285,15 @@ def _standalone_operator_class():
             kwargs.setdefault("conn_id", config.SPARK_CONN_ID)
             kwargs.setdefault("application", str(JOB_FILE))
             kwargs.setdefault("name", "flights_daily_stats")
-            kwargs.setdefault("conf", {
-                "spark.sql.session.timeZone": "UTC",
-                "spark.ui.showConsoleProgress": "false",
-                "spark.driver.extraJavaOptions": JVM_OPTIONS,
-                "spark.executor.extraJavaOptions": JVM_OPTIONS,
-            })
+            kwargs.setdefault(
+                "conf",
+                {
+                    "spark.sql.session.timeZone": "UTC",
+                    "spark.ui.showConsoleProgress": "false",
+                    "spark.driver.extraJavaOptions": JVM_OPTIONS,
+                    "spark.executor.extraJavaOptions": JVM_OPTIONS,
+                },
+            )
             kwargs.setdefault("executor_memory", "1g")
             kwargs.setdefault("driver_memory", "1g")
             kwargs.setdefault("total_executor_cores", 2)
@@ -276,9 +308,12 @@ def _standalone_operator_class():
                 try:
                     self.application_args = job_arguments(day, str(config.data_dir() / "landing"), mongo.database)
                     self.jars = connector_jars()
-                    self.env_vars = {**(self.env_vars or {}), "DATACLOUD_MONGO_URI": mongo.uri,
-                                     "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
-                                     "PYSPARK_PYTHON": sys.executable}
+                    self.env_vars = {
+                        **(self.env_vars or {}),
+                        "DATACLOUD_MONGO_URI": mongo.uri,
+                        "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+                        "PYSPARK_PYTHON": sys.executable,
+                    }
                     # spark-submit comes with pyspark, next to this interpreter.
                     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
                     started = time.monotonic()
@@ -315,8 +350,9 @@ def _kubernetes_operator_class():
                 name = application_name(ti.dag_id, context["run_id"], ti.try_number, day)
                 mongo = _mongo_for_job()
                 try:
+                    image = recorded_spark_image()
                     self._ensure_job_configmap()
-                    app = render_application(name=name, day=day, database=mongo.database, namespace=self.namespace)
+                    app = render_application(name=name, day=day, database=mongo.database, namespace=self.namespace, image=image)
                     self.template_spec = {"spark": app}
                     self.name = name
                     log.info("Spark | submitting SparkApplication %s/%s for %s", self.namespace, name, day)
@@ -331,8 +367,11 @@ def _kubernetes_operator_class():
             from kubernetes.client.exceptions import ApiException
 
             body = V1ConfigMap(
-                metadata=V1ObjectMeta(name=job_configmap_name(), namespace=self.namespace,
-                                      labels={"app.kubernetes.io/part-of": "datacloud", "datacloud/job": "flights"}),
+                metadata=V1ObjectMeta(
+                    name=job_configmap_name(),
+                    namespace=self.namespace,
+                    labels={"app.kubernetes.io/part-of": "datacloud", "datacloud/job": "flights"},
+                ),
                 data={JOB_FILE.name: JOB_FILE.read_text()},
             )
             try:

@@ -14,9 +14,13 @@ from tests.helpers.kube_schema import crd_schema, validate_object
 KUBE = "1.34.2"
 
 
-def rendered(try_number: int = 1, run_id: str = "backfill__2013-01-01T00:00:00+00:00"):
+IMAGE = "registry.example.internal:5000/datacloud/" + versions()["spark"]["image"]
+DIGEST = "sha256:" + "ab" * 32
+
+
+def rendered(try_number: int = 1, run_id: str = "backfill__2013-01-01T00:00:00+00:00", image: str = IMAGE):
     name = spark.application_name("etl_flights_daily", run_id, try_number, "2013-01-01")
-    return spark.render_application(name=name, day="2013-01-01", database="datacloud")
+    return spark.render_application(name=name, day="2013-01-01", database="datacloud", image=image)
 
 
 def policy_problems(app: dict) -> list[str]:
@@ -60,8 +64,8 @@ def test_crd_and_rules_catch_what_we_could_get_wrong():
 def test_pinned_image_connector_and_job_inputs():
     app = rendered()
     spec = app["spec"]
-    pins = versions()["flights"]
-    assert spec["image"] == pins["job_image"]
+    assert spec["image"] == IMAGE
+    assert spec["imagePullPolicy"] == "Always"  # a tag alone may be pushed again
     assert spec["sparkVersion"] == versions()["local"]["spark"]
     assert f"mongo{versions()['local']['mongo_spark_connector']}" in spec["image"]
     connector = versions()["local"]["mongo_spark_connector"]
@@ -123,3 +127,9 @@ def test_each_target_builds_its_operator(monkeypatch, kind):
     if kind == "standalone":
         assert op._conn_id == "datacloud_spark"
         assert op.application.endswith("include/jobs/flights_daily_stats.py")
+
+
+def test_a_digest_pinned_image_passes_through_and_is_pulled_if_not_present():
+    spec = rendered(image=f"{IMAGE}@{DIGEST}")["spec"]
+    assert spec["image"] == f"{IMAGE}@{DIGEST}"
+    assert spec["imagePullPolicy"] == "IfNotPresent"

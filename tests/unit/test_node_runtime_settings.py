@@ -79,7 +79,9 @@ def test_vm_settings_reach_kubeadm_kubelet_and_kube_proxy():
     assert {"name": "cgroup-root", "value": "/datacloud-lab1-n1"} in reg["kubeletExtraArgs"]
     assert docs["ClusterConfiguration"]["dns"]["imageTag"].startswith("v1.")
     join = yaml.safe_load(
-        render_text("kubernetes/kubeadm-join.yaml", inv=inv, endpoint="10.77.1.11:6443", token="t", ca_hash="h", node=inv.nodes[1])
+        render_text(
+            "kubernetes/kubeadm-join.yaml", inv=inv, endpoint="10.77.1.11:6443", token="t", ca_hash="h", node=inv.nodes[1]
+        )
     )
     assert {"name": "cgroup-root", "value": "/datacloud-lab1-n2"} in join["nodeRegistration"]["kubeletExtraArgs"]
     assert join["nodeRegistration"]["ignorePreflightErrors"] == ["SystemVerification"]
@@ -185,6 +187,7 @@ def test_preflight_logs_the_inventory_warnings(monkeypatch, caplog):
 
     monkeypatch.setattr(preflight, "problems", lambda inv, facts: [])
     monkeypatch.setattr(preflight, "table", lambda inv, facts: "")
+    monkeypatch.setattr(preflight, "image_problems", lambda inv, stages: [])  # tests/unit/test_own_images.py
     inv = _inv(network={"cni": "flannel", "network_policy_agent": False})
     with caplog.at_level(logging.WARNING, logger="datacloud.stages.preflight"):
         preflight.check(SimpleNamespace(inv=inv, dry_run=True), [])

@@ -4,8 +4,9 @@ Per node (mapped): connect (recording the host key on first use), gather facts
 with ``include/scripts/preflight.sh`` — OS and kernel, CPU and RAM, swap,
 Kubernetes ports, hostname, clock, raw Ceph disks, leftovers of another
 install. Then one task checks them all against the inventory and the kubeadm
-minimums, logs a per-node table and fails with one sentence per problem.
-Changes nothing.
+minimums, and the images: every image pin well formed, our own images
+registry-qualified in each stage of the run that uses them. It logs a per-node
+table and fails with one sentence per problem. Changes nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ import time
 from typing import Any
 
 from datacloud.errors import UserError
-from datacloud.images import ImageVersionError, check_versions
+from datacloud.images import (
+    OWN_IMAGES,
+    ImageVersionError,
+    check_versions,
+    pin_problems,
+    registry_missing,
+    unqualified_own_images,
+)
 from datacloud.inventory import KUBEADM_MIN_CPU, KUBEADM_MIN_MEMORY_GB, Inventory, Node
 from datacloud.stages._common import StageContext, Step, all_nodes, outcome
 
@@ -114,6 +122,24 @@ def problems(inv: Inventory, facts_by_node: dict[str, dict[str, Any]]) -> list[s
     return out
 
 
+def image_problems(inv: Inventory, stages: tuple[str, ...] | list[str]) -> list[str]:
+    """Malformed image pins; our own images without a registry in a stage of the run that uses them."""
+    out = pin_problems()
+    missing = registry_missing(inv, stages)
+    if missing:
+        return [*out, missing]
+    from datacloud.render import render_stage
+
+    for stage in (s for s in OWN_IMAGES if s in stages):
+        bad = unqualified_own_images(render_stage(stage, inv))
+        if bad:
+            out.append(
+                f"the {stage} stage renders {', '.join(bad)} without a registry; "
+                f"it must pull our images from images.registry ({inv.images.registry})."
+            )
+    return out
+
+
 def table(inv: Inventory, facts_by_node: dict[str, dict[str, Any]]) -> str:
     head = f"{'node':<12} {'address':<15} {'os':<22} {'kernel':<18} {'cpu':>4} {'mem MiB':>8} {'swap':>5} {'clock':>7}  state"
     rows = [head, "-" * len(head)]
@@ -137,6 +163,10 @@ def check(ctx: StageContext, gathered: list[dict]) -> dict:
         check_versions()
     except ImageVersionError as exc:
         found.append(str(exc))
+    from datacloud.stages import STAGES
+
+    params = getattr(ctx, "params", None)
+    found.extend(image_problems(ctx.inv, tuple(getattr(params, "stages", ()) or STAGES)))
     for w in ctx.inv.warnings:
         log.warning("preflight | Warning | %s", w)
     for p in found:

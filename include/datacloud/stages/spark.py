@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from datacloud.images import pull_policy
 from datacloud.inventory import Inventory, Resources
 from datacloud.render import Release, Rendered, render_template, versions
 from datacloud.stages.apps_common import (
@@ -53,8 +54,25 @@ def spark_version() -> str:
     return str(versions()["local"]["spark"])
 
 
-def image() -> str:
-    return str(versions()["spark"]["image"])
+def image(inv: Inventory | None = None) -> str:
+    """The Spark image: ``<images.registry>/spark:<tag>[@digest]`` (datacloud.images.own_image).
+
+    Without an inventory, the repository-relative pin (the jupyter stage's call until it passes one).
+    """
+    from datacloud.images import own_image
+
+    return own_image(inv, "spark")
+
+
+def require_registry(inv: Inventory) -> str:
+    """The Spark image, or a UserError when it would name no registry (it would come from Docker Hub)."""
+    from datacloud.errors import UserError
+    from datacloud.images import registry_missing
+
+    problem = registry_missing(inv, ["spark"])
+    if problem:
+        raise UserError(problem)
+    return image(inv)
 
 
 def examples_jar() -> str:
@@ -109,8 +127,8 @@ def application_spec(
     spec: dict[str, Any] = {
         "type": app_type,
         "mode": "cluster",
-        "image": image(),
-        "imagePullPolicy": "IfNotPresent",
+        "image": image(inv),
+        "imagePullPolicy": pull_policy(image(inv)),
         "mainApplicationFile": main_file or examples_jar(),
         "arguments": list(args or []),
         "sparkVersion": spark_version(),
@@ -189,7 +207,8 @@ def _context(inv: Inventory) -> dict[str, Any]:
         "jobs_ns": SPARK_JOBS_NS,
         "jupyter_ns": JUPYTER_NS,
         "spark": sp,
-        "image": image(),
+        "image": image(inv),
+        "pull_policy": pull_policy(image(inv)),
         "classes": storage_classes(inv),
         "event_claim": EVENT_CLAIM,
         "event_dir": EVENT_DIR,
@@ -236,6 +255,7 @@ def _applied(changes: list[str], result: Any) -> None:
 def apply(ctx: Any) -> dict[str, Any]:
     """Namespaces, identity, History Server and policies; the operator chart; the scheduled example."""
     inv = ctx.inv
+    spark_image = require_registry(inv)
     rendered = render(inv)
     kube = ctx.kube()
     changes: list[str] = []
@@ -248,7 +268,7 @@ def apply(ctx: Any) -> dict[str, Any]:
     _applied(changes, kube.apply(rendered.objects["scheduled"]))
     if not ctx.dry_run:
         kube.rollout_status("deployment", "spark-history-server", namespace=SPARK_JOBS_NS, timeout_s=600)
-    return _outcome("apply", changes, ctx.dry_run, storage=storage_classes(inv)["shared"])
+    return _outcome("apply", changes, ctx.dry_run, storage=storage_classes(inv)["shared"], image=spark_image)
 
 
 def _outcome(step: str, changes: list[str], dry_run: bool, **facts: Any) -> dict[str, Any]:
@@ -278,8 +298,9 @@ def verify(ctx: Any, *, name: str | None = None, clock: Any = None, sleep: Any =
     from datacloud.errors import TransientError
     from datacloud.stages.apps_common import Poller
 
+    spark_image = require_registry(ctx.inv)
     if ctx.dry_run:
-        return _outcome("verify", [], True, verified=False)
+        return _outcome("verify", [], True, verified=False, image=spark_image)
     kube = ctx.kube()
     name = name or "datacloud-verify-" + time.strftime("%Y%m%dt%H%M%S", time.gmtime())
     app = render_smoke(ctx.inv, name)
@@ -314,7 +335,8 @@ def verify(ctx: Any, *, name: str | None = None, clock: Any = None, sleep: Any =
         Poller("Spark | Verify | History Server", HISTORY_TIMEOUT_S, clock=clock, sleep=sleep).run(in_history, log)
     finally:
         kube.kubectl("delete", "sparkapplication", name, "--namespace", SPARK_JOBS_NS, "--ignore-not-found", check=False)
-    return _outcome("verify", [], False, verified=True, application=name, spark_application_id=app_id)
+    # `image` is recorded in the platform state: the flights pipeline's Kubernetes target runs it.
+    return _outcome("verify", [], False, verified=True, application=name, spark_application_id=app_id, image=spark_image)
 
 
 def _steps() -> list[Any]:

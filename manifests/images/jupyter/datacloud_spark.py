@@ -41,7 +41,9 @@ def session_conf(app_name: str = "notebook", env: Mapping[str, str] | None = Non
         "spark.app.name": app_name,
         "spark.kubernetes.namespace": env["SPARK_KUBERNETES_NAMESPACE"],
         "spark.kubernetes.container.image": env["SPARK_EXECUTOR_IMAGE"],
-        "spark.kubernetes.container.image.pullPolicy": "IfNotPresent",
+        # A digest pins the content (IfNotPresent is safe); a tag alone may be pushed again (Always),
+        # as datacloud.images.pull_policy decides for the platform's own pods.
+        "spark.kubernetes.container.image.pullPolicy": "IfNotPresent" if "@sha256:" in env["SPARK_EXECUTOR_IMAGE"] else "Always",
         "spark.kubernetes.authenticate.caCertFile": f"{SA_DIR}/ca.crt",
         "spark.kubernetes.authenticate.oauthTokenFile": f"{SA_DIR}/token",
         "spark.driver.host": env["SPARK_DRIVER_HOST"],
