@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from datacloud.inventory import Inventory, parse_inventory
+from datacloud.inventory import ImagesSettings, Inventory, parse_inventory
 from datacloud.kube import FIELD_MANAGER, object_id
 from datacloud.remote import Result
 from datacloud.render import Release, Rendered, render_stage
@@ -37,6 +37,12 @@ from tests.helpers import datalayer_inventories as inventories
 from tests.helpers.apiserver import ApiServer
 from tests.helpers.chart_crds import load_all, release_archive
 from tests.helpers.kube_double import KubeDoubleState, RecordingKubeDouble
+
+
+def three_nodes() -> Inventory:
+    """The smallest Ceph layout, pulling our images from a registry (the spark stage runs only with one)."""
+    registry = ImagesSettings(registry="registry.example.internal:5000/datacloud")
+    return inventories.three_nodes().model_copy(update={"images": registry})
 
 
 def flannel() -> Inventory:
@@ -50,7 +56,7 @@ def flannel() -> Inventory:
 # thesis cluster (Calico, Ceph on 4 nodes, 2 shards), the thesis cluster left with one Ceph
 # disk (local-path) and the thesis cluster on flannel.
 INVENTORIES: dict[str, Callable[[], Inventory]] = {
-    "ceph-three-nodes": inventories.three_nodes,
+    "ceph-three-nodes": three_nodes,
     "reference": inventories.reference,
     "local-path": inventories.local_path,
     "flannel": flannel,
