@@ -49,7 +49,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     from datacloud.localstack import Stack
 
-    for key, value in Stack().shell_env().items():
+    for key, value in Stack().env().items():
         print(f"export {key}={shlex.quote(value)}")
     return 0
 

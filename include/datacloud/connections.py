@@ -95,13 +95,13 @@ def _db(conn_id: str, fields: dict[str, Any] | None, extra: dict[str, Any] | Non
     return int((proc.stdout.strip() or "0").splitlines()[-1])
 
 
-def put(conn_id: str, conn_type: str, *, extra: dict[str, Any] | None = None, **fields: Any) -> None:
-    """Create or replace a connection."""
+def put(conn_id: str, conn_type: str, *, extra: dict[str, Any] | None = None, api: Any = None, **fields: Any) -> None:
+    """Create or replace a connection (through ``api``, an AirflowAPI, when given)."""
     unknown = set(fields) - set(FIELDS)
     if unknown:
         raise ValueError(f"unknown connection fields {sorted(unknown)}")
     values = {k: v for k, v in {"conn_type": conn_type, **fields}.items() if v is not None}
-    api = _api()
+    api = api or _api()
     if api is None:
         _db(conn_id, values, extra)
         log.info("Connections | %s | stored in the metadata DB", conn_id)

@@ -34,7 +34,6 @@ LOOPBACK = "127.0.0.1"  # every port the stack opens binds here
 # lowest that may write connections (docs/security.md says what else it may do).
 STAGES_USER = "datacloud-stages"
 STAGES_ROLE = "op"
-API_CONN_ENV = "AIRFLOW_CONN_DATACLOUD_AIRFLOW_API"
 
 
 def _versions() -> dict:
@@ -112,14 +111,8 @@ class Stack:
         return self.airflow_home / "simple_auth_manager_passwords.json.generated"
 
     def env(self) -> dict[str, str]:
-        """Environment for Airflow and for shells (``./dev env`` prints it)."""
+        """Environment for Airflow and for shells (``./dev env`` prints it); it holds no password."""
         mongo_conn = {"conn_type": "mongo", "host": "127.0.0.1", "port": self.mongo_port, "schema": config.MONGO_DATABASE}
-        api_conn = {
-            "conn_type": "http",
-            "host": self.airflow_url,
-            "login": STAGES_USER,
-            "password": self.ensure_passwords()[STAGES_USER],
-        }
         spark_conn = {
             "conn_type": "spark",
             "host": "spark://127.0.0.1",
@@ -148,8 +141,6 @@ class Stack:
             "DATACLOUD_SPARK_MASTER": self.spark_master,
             "AIRFLOW_CONN_DATACLOUD_MONGO": json.dumps(mongo_conn),
             "AIRFLOW_CONN_DATACLOUD_SPARK": json.dumps(spark_conn),
-            # stages write the connections they create (datacloud_kube, datacloud_mongo) through the API
-            API_CONN_ENV: json.dumps(api_conn),
             "SPARK_LOCAL_IP": LOOPBACK,  # the Spark web UIs bind here too
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
@@ -159,12 +150,6 @@ class Stack:
         jh = java_home()
         if jh:
             env["JAVA_HOME"] = jh
-        return env
-
-    def shell_env(self) -> dict[str, str]:
-        """What ``./dev env`` prints: ``env()`` without the API account (a shell's ``dags test`` writes to the DB)."""
-        env = self.env()
-        del env[API_CONN_ENV]
         return env
 
     # --- process bookkeeping -------------------------------------------------
@@ -277,12 +262,25 @@ class Stack:
             raise UserError(
                 f"port {self.airflow_port} is already in use by another program; stop it or set DATACLOUD_AIRFLOW_PORT."
             )
-        self.airflow_home.mkdir(parents=True, exist_ok=True)
+        self.ensure_passwords()  # before the auth manager would generate them
         airflow = str(Path(sys.executable).parent / "airflow")
         self._start("airflow", [airflow, "standalone"], self.env())
         self._wait("Airflow", self.airflow_healthy, 240, "airflow")
         self._wait("the admin password file", self.password_file.exists, 60, "airflow")
         self.ensure_pools()
+        self.ensure_api_connection()
+
+    def ensure_api_connection(self) -> None:
+        """Store ``datacloud_airflow_api`` (stages write the connections they create through the API) in the
+        metadata DB, as the stages' own user: tasks read it when they need it; it is in no process environment."""
+        from datacloud import connections
+        from datacloud.api import AirflowAPI
+
+        passwords = self.ensure_passwords()
+        admin = AirflowAPI(self.airflow_url, "admin", passwords["admin"])
+        connections.put(
+            connections.API_CONN_ID, "http", host=self.airflow_url, login=STAGES_USER, password=passwords[STAGES_USER], api=admin
+        )
 
     def ensure_pools(self) -> None:
         from datacloud.api import AirflowAPI

@@ -13,10 +13,13 @@ from datacloud import connections
 
 
 def test_put_replace_delete_through_the_api(airflow_stack, airflow_api, monkeypatch: pytest.MonkeyPatch) -> None:
-    """As the stages' own op user (datacloud-stages), not admin."""
-    api_conn = airflow_stack.env()["AIRFLOW_CONN_DATACLOUD_AIRFLOW_API"]
-    assert json.loads(api_conn)["login"] == "datacloud-stages"
-    monkeypatch.setenv("AIRFLOW_CONN_DATACLOUD_AIRFLOW_API", api_conn)
+    """As the stages' own op user (datacloud-stages), not admin; ./dev up stored its connection in the DB."""
+    stored = airflow_api._request("GET", "/api/v2/connections/datacloud_airflow_api")
+    assert (stored["conn_type"], stored["host"], stored["login"]) == ("http", airflow_stack.airflow_url, "datacloud-stages")
+    assert "AIRFLOW_CONN_DATACLOUD_AIRFLOW_API" not in airflow_stack.env()
+    password = airflow_stack.ensure_passwords()["datacloud-stages"]
+    api_conn = {"conn_type": "http", "host": airflow_stack.airflow_url, "login": "datacloud-stages", "password": password}
+    monkeypatch.setenv("AIRFLOW_CONN_DATACLOUD_AIRFLOW_API", json.dumps(api_conn))  # the test process has its own DB
     connections.put("datacloud_probe", "kubernetes", description="probe", extra={"kube_config": "apiVersion: v1"})
     got = airflow_api._request("GET", "/api/v2/connections/datacloud_probe")
     assert got["conn_type"] == "kubernetes" and json.loads(got["extra"]) == {"kube_config": "apiVersion: v1"}

@@ -1,4 +1,5 @@
-"""Item 9 of issue 12: the local stack listens on loopback only, stages use their own API user, ./dev env prints no password."""
+"""Item 9 of issue 12: the local stack listens on loopback only; stages use their own API user, whose connection
+lives in the metadata DB, not in any process environment; ./dev env prints no password."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from datacloud import cli, localstack
+from datacloud import cli, connections, localstack
 from datacloud.localstack import STAGES_USER, Stack
 
 
@@ -29,6 +30,7 @@ def _started(stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> d
     monkeypatch.setattr(Stack, "_wait", lambda *a, **k: None)
     monkeypatch.setattr(Stack, "running", lambda self, name: None)
     monkeypatch.setattr(Stack, "ensure_pools", lambda self: None)
+    monkeypatch.setattr(Stack, "ensure_api_connection", lambda self: None)
     stack.up(spark=True)
     return started
 
@@ -47,15 +49,29 @@ def test_every_service_of_the_stack_binds_loopback(stack: Stack, monkeypatch, tm
     assert airflow_env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST"] == "127.0.0.1"
 
 
-def test_stages_write_connections_as_their_own_op_user_not_admin(stack: Stack) -> None:
+def test_stages_write_connections_as_their_own_op_user_not_admin(stack: Stack, monkeypatch) -> None:
+    stored: list[tuple] = []
+    monkeypatch.setattr(connections, "put", lambda conn_id, conn_type, **kw: stored.append((conn_id, conn_type, kw)))
     env = stack.env()
     users = dict(u.split(":") for u in env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(","))
     assert users == {"admin": "admin", STAGES_USER: "op"}
-    conn = json.loads(env["AIRFLOW_CONN_DATACLOUD_AIRFLOW_API"])
+    stack.ensure_api_connection()
     passwords = json.loads(stack.password_file.read_text())
-    assert conn["login"] == STAGES_USER and conn["password"] == passwords[STAGES_USER]
-    assert passwords["admin"] not in json.dumps(env)
+    [(conn_id, conn_type, fields)] = stored
+    assert (conn_id, conn_type) == ("datacloud_airflow_api", "http")
+    assert fields["login"] == STAGES_USER and fields["password"] == passwords[STAGES_USER]
+    assert fields["host"] == stack.airflow_url and fields["api"].username == "admin"  # stored by the admin, in the DB
     assert stat.S_IMODE(os.stat(stack.password_file).st_mode) == 0o600
+
+
+def test_no_password_is_in_the_environment_of_airflow_and_its_tasks(stack: Stack, monkeypatch, tmp_path: Path) -> None:
+    started = _started(stack, monkeypatch, tmp_path)
+    passwords = json.loads(stack.password_file.read_text())  # written before airflow standalone starts
+    assert set(passwords) == {"admin", STAGES_USER}
+    for name, (_, env) in started.items():
+        text = json.dumps(env)
+        assert "AIRFLOW_CONN_DATACLOUD_AIRFLOW_API" not in text, name
+        assert not [p for p in passwords.values() if p in text], name
 
 
 def test_op_is_the_least_role_that_writes_connections() -> None:
@@ -86,6 +102,7 @@ def test_an_older_password_file_gains_the_stages_user_and_keeps_the_admin(stack:
 
 def test_dev_env_prints_no_password(stack: Stack, monkeypatch, capsys) -> None:
     monkeypatch.setattr(localstack, "Stack", lambda: stack)
+    stack.ensure_passwords()
     assert cli.cmd_env(None) == 0
     out = capsys.readouterr().out
     passwords = json.loads(stack.password_file.read_text())
