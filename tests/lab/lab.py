@@ -352,19 +352,18 @@ class Lab:
         self.elapsed = time.monotonic() - t0
         return self
 
-    def _start_repo(self, repo: Path) -> None:
-        self.repo_port = free_port_on(self.host_address)
-        log = open(self.state / "repo-http.log", "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(self.repo_port), "--bind", self.host_address, "--directory", str(repo)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    def _serve(self, directory: Path, log_name: str) -> tuple[int, str | None, int]:
+        """A static HTTP server for DIRECTORY on the bridge address: (pid, start time, port)."""
+        port = free_port_on(self.host_address)
+        log = open(self.state / log_name, "ab")
+        argv = [sys.executable, "-m", "http.server", str(port), "--bind", self.host_address, "--directory", str(directory)]
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
-        self.http_pid, self.http_start = proc.pid, _start_time(proc.pid)
-        wait_port(self.host_address, self.repo_port)
+        wait_port(self.host_address, port)
+        return proc.pid, _start_time(proc.pid), port
+
+    def _start_repo(self, repo: Path) -> None:
+        self.http_pid, self.http_start, self.repo_port = self._serve(repo, "repo-http.log")
 
     def _start_mirror(self) -> None:
         """The registry (images pushed once into the cached storage) and the chart repository."""
@@ -376,27 +375,7 @@ class Lab:
         self.registry_state = reg.state()
         self.save()
         reg.push(images)
-        self.charts_port = free_port_on(self.host_address)
-        log = open(self.state / "charts-http.log", "ab")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                str(self.charts_port),
-                "--bind",
-                self.host_address,
-                "--directory",
-                str(mirror.chart_repository()),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-        self.charts_pid, self.charts_start = proc.pid, _start_time(proc.pid)
-        wait_port(self.host_address, self.charts_port)
+        self.charts_pid, self.charts_start, self.charts_port = self._serve(mirror.chart_repository(), "charts-http.log")
 
     @property
     def registry_url(self) -> str:
