@@ -19,8 +19,8 @@ import pytest
 from datacloud import spark as flights_spark
 from datacloud.kube import object_id
 from datacloud.render import Rendered
-from datacloud.stages import stage_module
-from tests.apiserver.platform import INVENTORIES, WRITING_STEPS, apply, release_key, stage_renders, stage_runs
+from datacloud.stages import jupyter, stage_module
+from tests.apiserver.platform import INVENTORIES, WRITING_STEPS, apply, inventory, release_key, stage_renders, stage_runs
 
 
 def stage_objects(inv_name: str, stage: str) -> list[dict]:
@@ -78,10 +78,18 @@ def test_the_steps_apply_every_rendered_object(inv_name, stage):
 
 @pytest.mark.parametrize("inv_name", list(INVENTORIES))
 def test_the_steps_install_the_rendered_releases(inv_name):
+    """Every rendered release, nothing else; a release a later step upgrades again is listed in ``_INSTALLED_AGAIN``."""
     for stage in WRITING_STEPS:
         rendered = stage_renders(inv_name).get(stage, Rendered()).releases
+        again = _INSTALLED_AGAIN.get(stage, lambda inv: [])(inventory(inv_name))
+        assert {(r.name, r.namespace) for r in again} <= {(r.name, r.namespace) for r in rendered}, stage
         installed = stage_runs(inv_name)[stage].releases
-        assert sorted(map(release_key, installed)) == sorted(map(release_key, rendered)), stage
+        assert sorted(map(release_key, installed)) == sorted(map(release_key, [*rendered, *again])), stage
+
+
+# Stage -> the releases its steps install a second time (a rendered release with other values):
+# jupyter | admin opens sign-up once the admin's account exists (apply installs it closed).
+_INSTALLED_AGAIN = {"jupyter": lambda inv: [jupyter.hub_release(inv, signup=True)]}
 
 
 _WRITES = re.compile(r"\b(?:kube\.apply|apply_or_plan|helm_upgrade)\(")

@@ -149,7 +149,7 @@ def test_helper_conf_from_the_spawned_environment(hooks, helper) -> None:
     assert conf["spark.master"].startswith("k8s://https://kubernetes.default.svc")
     assert conf["spark.submit.deployMode"] == "client"
     assert conf["spark.kubernetes.namespace"] == "jupyter"
-    assert conf["spark.kubernetes.container.image"] == spark.image()
+    assert conf["spark.kubernetes.container.image"] == spark.image(inv)
     assert conf["spark.driver.host"] == "jupyter-alice-spark.jupyter.svc"
     assert conf["spark.kubernetes.driver.pod.name"] == "jupyter-alice"
     assert conf["spark.dynamicAllocation.maxExecutors"] == str(inv.components.spark.max_executors)
@@ -247,7 +247,8 @@ def test_images_are_pinned_and_non_root() -> None:
         assert users[-1] in ("185", "${NB_UID}"), users
     assert "FROM apache/spark:" in (IMAGES / "spark" / "Dockerfile").read_text()
     assert "FROM quay.io/jupyter/pyspark-notebook:" in (IMAGES / "jupyter" / "Dockerfile").read_text()
-    assert dockerfile_args(IMAGES / "spark" / "Dockerfile")["SPARK_VERSION"] in spark.image()
+    inv = inventories()["reference"]
+    assert dockerfile_args(IMAGES / "spark" / "Dockerfile")["SPARK_VERSION"] in spark.image(inv)
 
 
 def test_example_notebook_reads_daily_delay_stats_and_plots() -> None:
@@ -265,6 +266,7 @@ def test_example_notebook_reads_daily_delay_stats_and_plots() -> None:
 
 
 def test_admission_policy_narrows_what_notebooks_may_create() -> None:
+    inv = inventories()["reference"]
     objs = all_objects("reference")
     (vap,) = by_kind(objs, "ValidatingAdmissionPolicy")
     (binding,) = by_kind(objs, "ValidatingAdmissionPolicyBinding")
@@ -274,7 +276,7 @@ def test_admission_policy_narrows_what_notebooks_may_create() -> None:
     (cond,) = vap["spec"]["matchConditions"]
     assert cond["expression"] == 'request.userInfo.username == "system:serviceaccount:jupyter:spark-notebook"'
     rules = " ".join(v["expression"] for v in vap["spec"]["validations"])
-    assert f"c.image == '{spark.image()}'" in rules
+    assert f"c.image == '{spark.image(inv)}'" in rules
     assert "spark-role" in rules
     assert "persistentVolumeClaim" not in rules  # claims are not in the allowed volume kinds
     assert "has(v.emptyDir) || has(v.configMap) || has(v.projected) || has(v.secret)" in rules

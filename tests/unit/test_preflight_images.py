@@ -28,11 +28,8 @@ def test_image_mismatch_is_a_preflight_problem(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_shipped_images_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every stage but jupyter: stages/jupyter.py still renders the repository-relative image
-    # names, which preflight refuses (docs/security.md, "Limits of these controls").
-    stages = tuple(s for s in STAGES if s != "jupyter")
     ctx = SimpleNamespace(
-        inv=load_inventory(ROOT / "inventory.example.yaml"), dry_run=True, params=SimpleNamespace(stages=stages)
+        inv=load_inventory(ROOT / "inventory.example.yaml"), dry_run=True, params=SimpleNamespace(stages=STAGES)
     )
     monkeypatch.setattr(preflight, "problems", lambda inv, facts: [])
     monkeypatch.setattr(preflight, "table", lambda inv, facts: "")

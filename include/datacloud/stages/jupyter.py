@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 from datacloud.config import MANIFESTS_DIR
+from datacloud.images import name_and_tag, own_image, pull_policy
 from datacloud.inventory import Inventory
 from datacloud.render import Release, Rendered, render_template, versions
 from datacloud.stages import spark
@@ -34,9 +35,9 @@ EXECUTOR_LABELS = {"spark-role": "executor", "datacloud/notebook-executor": "tru
 HOOKS_FILE = MANIFESTS_DIR / "jupyter" / "spark_driver_service.py"
 
 
-def image() -> tuple[str, str]:
-    name, _, tag = str(versions()["jupyter"]["image"]).rpartition(":")
-    return name, tag
+def image(inv: Inventory) -> tuple[str, str]:
+    """(name, tag) of the single-user image: ``<images.registry>/jupyter-spark`` and ``<tag>[@digest]``."""
+    return name_and_tag(own_image(inv, "jupyter"))
 
 
 def _ports(*ports: int) -> list[dict[str, Any]]:
@@ -49,7 +50,7 @@ def hub_release(inv: Inventory, signup: bool = False) -> Release:
     net = netpol_context(inv)
     classes = storage_classes(inv)
     chart = versions()["jupyter"]["chart"]
-    name, tag = image()
+    name, tag = image(inv)
     executors = {"podSelector": {"matchLabels": EXECUTOR_LABELS}}
     values: dict[str, Any] = {
         "hub": {
@@ -76,7 +77,7 @@ def hub_release(inv: Inventory, signup: bool = False) -> Release:
             "chp": {"resources": resources(j.proxy), "networkPolicy": {"enabled": True}},
         },
         "singleuser": {
-            "image": {"name": name, "tag": tag, "pullPolicy": "IfNotPresent"},
+            "image": {"name": name, "tag": tag, "pullPolicy": pull_policy(own_image(inv, "jupyter"))},
             "serviceAccountName": NOTEBOOK_SA,
             "cpu": {"guarantee": j.user.cpu_m / 1000, "limit": max(1.0, j.user.cpu_m * 4 / 1000)},
             "memory": {"guarantee": f"{j.user.memory_mb}M", "limit": f"{j.user.limit_mb}M"},
@@ -88,7 +89,7 @@ def hub_release(inv: Inventory, signup: bool = False) -> Release:
             },
             "startTimeout": 600,
             "extraEnv": {
-                "SPARK_EXECUTOR_IMAGE": spark.image(),
+                "SPARK_EXECUTOR_IMAGE": spark.image(inv),
                 "SPARK_MIN_EXECUTORS": str(inv.components.spark.min_executors),
                 "SPARK_MAX_EXECUTORS": str(inv.components.spark.max_executors),
                 "SPARK_EXECUTOR_CORES": str(max(1, inv.components.spark.executor.cpu_m // 1000)),
@@ -133,7 +134,7 @@ def _context(inv: Inventory) -> dict[str, Any]:
         "driver_port": spark.DRIVER_PORT,
         "block_manager_port": spark.BLOCK_MANAGER_PORT,
         "net": netpol_context(inv),
-        "spark_image": spark.image(),
+        "spark_image": spark.image(inv),
     }
 
 
@@ -187,6 +188,7 @@ def apply(ctx: Any) -> dict[str, Any]:
     from datacloud.images import check_versions
 
     check_versions()
+    spark.require_registry(ctx.inv)  # else the executors and user pods would pull our images from Docker Hub
     rendered = render(ctx.inv)
     kube = ctx.kube()
     changes: list[str] = []

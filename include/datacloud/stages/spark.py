@@ -57,7 +57,7 @@ def spark_version() -> str:
 def image(inv: Inventory | None = None) -> str:
     """The Spark image: ``<images.registry>/spark:<tag>[@digest]`` (datacloud.images.own_image).
 
-    Without an inventory, the repository-relative pin (the jupyter stage's call until it passes one).
+    Without an inventory, the repository-relative pin of manifests/versions.yaml.
     """
     from datacloud.images import own_image
 
