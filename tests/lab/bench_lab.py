@@ -35,22 +35,28 @@ CONTROL_PLANE = (
 
 
 def rss_mib(lab: Lab) -> dict[str, float]:
-    """VmRSS of the processes named in CONTROL_PLANE inside node n1, MiB (summed per name)."""
-    root = lab.nodes[0].root_pid()
-    ns = Path(f"/proc/{root}/ns/pid").resolve() if root else None
+    """VmRSS of the processes named in CONTROL_PLANE on node n1, MiB (summed per name).
+
+    kubelet and containerd run in the node's PID namespace; the control plane's
+    static pods in their own, under the node's cgroup root.
+    """
+    import os
+
+    node = lab.nodes[0]
+    ns = os.readlink(f"/proc/{node.root_pid()}/ns/pid")
+    root = f"/datacloud-lab{lab.id}-{node.name}/"
     out: dict[str, float] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if Path(proc / "ns/pid").resolve() != ns:
-                continue
+            mine = os.readlink(proc / "ns/pid") == ns or root in (proc / "cgroup").read_text()
             comm = (proc / "comm").read_text().strip()
             status = (proc / "status").read_text()
         except OSError:
             continue
         name = next((c for c in CONTROL_PLANE if comm.startswith(c[:15])), None)
-        if name is None:
+        if not mine or name is None:
             continue
         kb = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
         out[name] = round(out.get(name, 0) + kb / 1024, 1)

@@ -633,6 +633,7 @@ def test_teardown_needs_the_cluster_name_then_resets_every_node(
     with pytest.raises(UserError, match=f"type the cluster name 'lab{lab.id}'"):
         run_step("teardown", "confirm", conf(lab, confirm="wrong-name"))
     assert lab.nodes[1].path("/etc/kubernetes/kubelet.conf").exists()
+    lab.node_exec(lab.nodes[2], "mkdir", "-p", "/var/lib/rook/mon-a")  # what a Ceph cluster leaves on its nodes
 
     result, out = run_dag(env, "platform_teardown", {"inventory": str(lab.inventory_path), "confirm": f"lab{lab.id}"})
     assert result["state"] == "success", out[-4000:]
@@ -641,8 +642,11 @@ def test_teardown_needs_the_cluster_name_then_resets_every_node(
         assert not node.path("/etc/kubernetes/kubelet.conf").exists()
         assert not node.path("/etc/kubernetes/manifests/kube-apiserver.yaml").exists()
         assert not node.path("/etc/datacloud/cluster-name").exists()
+        # emptied, not removed: containerd watches /etc/cni/net.d (a new run must find its new CNI config)
+        assert node.path("/etc/cni/net.d").is_dir() and not list(node.path("/etc/cni/net.d").iterdir())
         active = lab.node_exec(node, "systemctl", "is-active", "kubelet", check=False).stdout.strip()
         assert active != "active" or not node.path("/var/lib/kubelet/config.yaml").exists()
+    assert not list(lab.nodes[2].path("/var/lib/rook").iterdir())  # Rook's dataDirHostPath, emptied
     got = subprocess.run(
         [str(Path(sys.executable).parent / "airflow"), "connections", "get", "datacloud_kube", "-o", "json"],
         env=env,
