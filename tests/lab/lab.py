@@ -716,6 +716,21 @@ def forget_host_keys(lab: Lab) -> None:
         path.write_text("".join(ln + "\n" for ln in kept))
 
 
+def _outcomes(api, dag_id: str, run_id: str, ti: dict) -> list[str]:
+    """What a task logged of its step: 'unchanged', 'changed N thing(s)', 'would change N thing(s)'."""
+    import re
+    import urllib.parse
+
+    path = (
+        f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances/{ti['task_id']}"
+        f"/logs/{ti['try_number']}?map_index={ti['map_index']}&full_content=true"
+    )
+    content = api._request("GET", path).get("content") or []
+    lines = [e.get("event", "") if isinstance(e, dict) else str(e) for e in content]
+    found = [m.group(1) for ln in lines for m in [re.search(r"\| ((?:would )?change[sd]? \d+ thing\(s\)|unchanged)$", ln)] if m]
+    return found[-1:]
+
+
 def provision(lab: Lab, stages: str | None, dry_run: bool, timeout: int) -> int:
     """./dev lab provision: provision_platform on the lab nodes, triggered through the local stack's REST API."""
     from datacloud.api import AirflowAPI
@@ -756,12 +771,20 @@ def provision(lab: Lab, stages: str | None, dry_run: bool, timeout: int) -> int:
     print(f"{dag_id} run {run['dag_run_id']} on lab {lab.id} ({lab.n} nodes): {', '.join(chosen or ['every stage'])}", flush=True)
     final = api.wait_run(dag_id, run["dag_run_id"], timeout=timeout)
     rows: dict[str, list[str]] = {}
+    outcomes: dict[str, list[str]] = {}
     for ti in api.task_instances(dag_id, run["dag_run_id"]):
         rows.setdefault(ti["task_id"], []).append(ti["state"] or "none")
+        if ti["state"] == "success":
+            outcomes.setdefault(ti["task_id"], []).extend(_outcomes(api, dag_id, run["dag_run_id"], ti))
+    changed_total = 0
     for task_id in sorted(rows, key=lambda t: (STAGES.index(t.split(".")[0]) if t.split(".")[0] in STAGES else 99, t)):
         states = rows[task_id]
         summary = ", ".join(f"{n} {st}" for st, n in sorted({st: states.count(st) for st in states}.items()))
-        print(f"  {task_id:<34} {summary}")
+        said = outcomes.get(task_id, [])
+        changed_total += sum(1 for o in said if o != "unchanged")
+        print(f"  {task_id:<34} {summary:<12} {'; '.join(said)}")
+    if final["state"] == "success":
+        print("every step unchanged" if changed_total == 0 else f"{changed_total} step(s) changed something")
     print(
         f"{dag_id} {final['state']} in {time.monotonic() - t0:.0f}s; logs: {stack.airflow_url}/dags/{dag_id}/runs/{run['dag_run_id']}"
     )
