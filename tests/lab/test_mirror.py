@@ -140,7 +140,7 @@ def _resolves(members: dict[str, tarfile.TarInfo], path: str, depth: int = 0) ->
 
 def test_images_named_after_upstream_with_pinned_versions(images: mirror.ImageSet) -> None:
     assert sorted(images.refs) == sorted(EXPECTED)
-    assert images.upstreams == ["ghcr.io", "registry.k8s.io"]
+    assert images.upstreams == ["ghcr.io", mirror.PROBE_REGISTRY, "registry.k8s.io"]
     index = json.loads((images.dir / "index.json").read_text())
     assert json.loads((images.dir / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     assert {m["annotations"]["io.containerd.image.name"] for m in index["manifests"]} == set(EXPECTED)
@@ -292,6 +292,7 @@ def test_pull_through_the_mirror_with_containerd(
             f"registry.k8s.io/coredns/coredns:{COREDNS}",
             f"registry.k8s.io/etcd:{ETCD}-0",
             f"ghcr.io/flannel-io/flannel:{FLANNEL}",
+            mirror.PROBE_REF,
         ):
             ctd.ctr("image", "pull", "--hosts-dir", str(hosts), ref)
         ctr_pull = time.monotonic() - t0
@@ -322,7 +323,7 @@ def test_pull_through_the_mirror_with_containerd(
         for im in images.images:  # the digests we built, so nothing came from anywhere else
             assert listed.get(im.ref) == im.manifest.digest, im.ref
         assert "pause.c v" + PAUSE in ctd.run(f"registry.k8s.io/pause:{PAUSE}", "/pause", "-v").stdout
-        print(f"\nctr pull (3 images) {ctr_pull:.1f}s; kubeadm config images pull through CRI (7) {cri_pull:.1f}s")
+        print(f"\nctr pull (4 images) {ctr_pull:.1f}s; kubeadm config images pull through CRI (7) {cri_pull:.1f}s")
     finally:
         ctd.stop()
     assert ctd.leftovers() == []
