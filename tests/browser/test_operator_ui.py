@@ -154,7 +154,7 @@ def test_etl_flights_daily_one_day(airflow_stack, airflow_api: AirflowAPI, run_u
             "log": str(IMG_DIR / "etl_flights_daily-quality-log.png"),
         },
     }, timeout=260)
-    assert result["conf"] == {"max_rejected_share": 0.02}
+    assert result["conf"] == {"max_rejected_share": 0.02, "min_volume_ratio": 0.5}  # the edited field, the other default
     run = airflow_api.run("etl_flights_daily", result["run_id"])
     assert run["state"] == "success"
     assert run["logical_date"].startswith("2013-06-16T00:00:00")
