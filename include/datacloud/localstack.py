@@ -170,7 +170,7 @@ class Stack:
             start_new_session=True,
         )
         logf.close()
-        self._pidfile(name).write_text(json.dumps({"pid": proc.pid, "start": _start_time(proc.pid), "argv": argv[:2]}))
+        self._pidfile(name).write_text(json.dumps({"pid": proc.pid, "start": process_start_time(proc.pid), "argv": argv[:2]}))
         log.info("Stack | started %s (pgid %s), log %s", name, proc.pid, self.run_dir / f"{name}.log")
         return proc.pid
 
@@ -181,7 +181,7 @@ class Stack:
         except (FileNotFoundError, ValueError):
             return None
         pid = int(info["pid"])
-        if _start_time(pid) != info.get("start"):
+        if process_start_time(pid) != info.get("start"):
             return None
         return pid
 
@@ -396,12 +396,15 @@ class Stack:
             raise UserError(f"no admin password at {self.password_file}; start the stack with ./dev up.") from None
 
 
-def _start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
+    """The start time of process PID (clock ticks since boot, /proc/PID/stat field 22), None when it is gone.
+
+    A pid and its start time name one process: a recycled pid has another start time.
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def _group_alive(pgid: int) -> bool:

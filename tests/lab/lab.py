@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "include"))
 
 from datacloud import config  # noqa: E402
+from datacloud.localstack import process_start_time  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SETUP_STEP = ROOT / "include" / "scripts" / "setup.d" / "lab-rootfs.sh"
@@ -138,15 +139,8 @@ def _release(repo: Path) -> None:
     (repo / "Release").write_text("\n".join(lines) + "\n")
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def _kill_group(pid: int, start: str | None, timeout: float = 10) -> None:
-    if start is None or _start_time(pid) != start:
+    if start is None or process_start_time(pid) != start:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
@@ -154,7 +148,7 @@ def _kill_group(pid: int, start: str | None, timeout: float = 10) -> None:
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        if _start_time(pid) != start:
+        if process_start_time(pid) != start:
             return
         time.sleep(0.05)
 
@@ -193,7 +187,7 @@ class LabNode:
 
     def root_pid(self) -> int | None:
         """PID (on the host) of the node's PID 1 (its sshd)."""
-        if not self.pid or _start_time(self.pid) != self.start:
+        if not self.pid or process_start_time(self.pid) != self.start:
             return None
         # ip netns exec execs unshare; unshare forks PID 1 of the node
         try:
@@ -360,7 +354,7 @@ class Lab:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         wait_port(self.host_address, port)
-        return proc.pid, _start_time(proc.pid), port
+        return proc.pid, process_start_time(proc.pid), port
 
     def _start_repo(self, repo: Path) -> None:
         self.http_pid, self.http_start, self.repo_port = self._serve(repo, "repo-http.log")
@@ -517,7 +511,7 @@ class Lab:
             start_new_session=True,
         )
         log.close()
-        node.pid, node.start = proc.pid, _start_time(proc.pid)
+        node.pid, node.start = proc.pid, process_start_time(proc.pid)
         self._procs = getattr(self, "_procs", {})
         self._procs[node.name] = proc
         if wait:
@@ -608,14 +602,14 @@ class Lab:
         if str(self.state / "nodes") in mounts:
             out.append("mounts under " + str(self.state / "nodes"))
         for node in self.nodes:
-            if node.pid and _start_time(node.pid) == node.start:
+            if node.pid and process_start_time(node.pid) == node.start:
                 out.append(f"process {node.pid} ({node.name})")
         for what, pid, start in (
             ("apt repository", self.http_pid, self.http_start),
             ("chart repository", self.charts_pid, self.charts_start),
             ("registry", (self.registry_state or {}).get("pid"), (self.registry_state or {}).get("start_time")),
         ):
-            if pid and start and _start_time(pid) == start:
+            if pid and start and process_start_time(pid) == start:
                 out.append(f"process {pid} ({what})")
         out += [f"cgroup {p}" for p in self._cgroups()]
         return out

@@ -93,6 +93,7 @@ sys.path.insert(0, str(ROOT / "include"))
 sys.path.insert(0, str(ROOT))  # tests.lab, when this file runs as a command
 
 from datacloud import config  # noqa: E402
+from datacloud.localstack import process_start_time  # noqa: E402
 from datacloud.render import versions  # noqa: E402  (manifests/versions.yaml, the one reader)
 
 KUBE_BUILD = ROOT / "include" / "scripts" / "setup.d" / "kube-build.sh"
@@ -768,13 +769,6 @@ def default_storage() -> Path:
     return config.cache_dir() / "lab" / "registry"
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 @dataclass
 class PushResult:
     uploaded: list[str] = field(default_factory=list)  # "<repository>@<digest>" of every blob sent
@@ -851,7 +845,7 @@ class Registry:
                 env=env,
                 start_new_session=True,
             )
-        self.pid, self.start_time = self._proc.pid, _start_time(self._proc.pid)
+        self.pid, self.start_time = self._proc.pid, process_start_time(self._proc.pid)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -866,17 +860,17 @@ class Registry:
         raise RegistryError(f"docker-registry did not answer on {self.url} within {timeout:.0f}s")
 
     def stop(self) -> None:
-        if self.pid and self.start_time and _start_time(self.pid) == self.start_time:
+        if self.pid and self.start_time and process_start_time(self.pid) == self.start_time:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + 5
-            while _start_time(self.pid) == self.start_time and time.monotonic() < deadline:
+            while process_start_time(self.pid) == self.start_time and time.monotonic() < deadline:
                 self._reap()
                 time.sleep(0.05)
-            if _start_time(self.pid) == self.start_time:
+            if process_start_time(self.pid) == self.start_time:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.pid, signal.SIGKILL)
-                while _start_time(self.pid) == self.start_time:
+                while process_start_time(self.pid) == self.start_time:
                     self._reap()
                     time.sleep(0.05)
         self._reap()
@@ -893,7 +887,7 @@ class Registry:
                 os.waitpid(self.pid, os.WNOHANG)
 
     def running(self) -> bool:
-        return bool(self.pid) and _start_time(self.pid) == self.start_time
+        return bool(self.pid) and process_start_time(self.pid) == self.start_time
 
     def state(self) -> dict:
         return {

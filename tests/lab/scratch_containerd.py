@@ -20,18 +20,16 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "include"))
+
+from datacloud.localstack import process_start_time
+
 NAMESPACE = "k8s.io"
 SHIM_SOCKETS = Path("/run/containerd/s")
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 class ScratchContainerd:
@@ -102,7 +100,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.pid, self.start_time = self.proc.pid, _start_time(self.proc.pid)
+        self.pid, self.start_time = self.proc.pid, process_start_time(self.proc.pid)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -162,7 +160,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return pids
 
     def stop(self) -> None:
-        if self.proc is not None and _start_time(self.proc.pid) == self.start_time:
+        if self.proc is not None and process_start_time(self.proc.pid) == self.start_time:
             for cid in self.ctr("container", "ls", "-q", check=False).stdout.split():
                 self.ctr("task", "rm", "-f", cid, check=False)
                 self.ctr("container", "rm", cid, check=False)
@@ -200,7 +198,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def leftovers(self) -> list[str]:
         out = [f"shim {pid}" for pid in self._shims()]
-        if self.pid and _start_time(self.pid) == self.start_time:
+        if self.pid and process_start_time(self.pid) == self.start_time:
             out.append(f"containerd {self.pid}")
         out += [f"cgroup {d}" for d in self._cgroups()]
         if str(self.work) + "/" in Path("/proc/self/mountinfo").read_text():
