@@ -72,6 +72,12 @@ def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
     return value
 
 
+def _check_each(pattern: re.Pattern[str], values: list[str], what: str) -> list[str]:
+    for value in values:
+        _check(pattern, value, what)
+    return values
+
+
 class Cluster(_Model):
     name: str = "datacloud"
     kubernetes_version: str = "1.34.2"
@@ -167,9 +173,7 @@ class Packages(_Model):
     @field_validator("components")
     @classmethod
     def _components(cls, v: list[str]) -> list[str]:
-        for c in v:
-            _check(APT_WORD, c, "an apt component like main")
-        return v
+        return _check_each(APT_WORD, v, "an apt component like main")
 
 
 REGISTRY_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*(:[0-9]{1,5})?$")
@@ -196,9 +200,7 @@ class KubernetesSettings(_Model):
     @field_validator("ignore_preflight_errors")
     @classmethod
     def _checks(cls, v: list[str]) -> list[str]:
-        for c in v:
-            _check(PREFLIGHT_CHECK, c, "a kubeadm preflight check name like SystemVerification")
-        return v
+        return _check_each(PREFLIGHT_CHECK, v, "a kubeadm preflight check name like SystemVerification")
 
     @field_validator("image_repository")
     @classmethod
