@@ -197,8 +197,17 @@ def assert_cluster(lab: Lab) -> None:
         assert n["status"]["nodeInfo"]["kubeletVersion"] == want
         assert n["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://1.6.")
     assert "node-role.kubernetes.io/control-plane" in nodes["n1"]["metadata"]["labels"]
-    dns = api(lab, "-n", "kube-system", "get", "deployment", "coredns")
-    assert dns["status"].get("readyReplicas") == dns["spec"]["replicas"] >= 1
+    # verify needs one ready CoreDNS replica; the second may still be starting when the run ends
+    dns = wait_for(
+        "every CoreDNS replica ready",
+        lambda: (
+            (d := api(lab, "-n", "kube-system", "get", "deployment", "coredns"))["status"].get("readyReplicas")
+            == d["spec"]["replicas"]
+            and d
+        ),
+        timeout=120,
+    )
+    assert dns["status"]["readyReplicas"] == dns["spec"]["replicas"] >= 1
     for ns, ds in (("kube-system", "kube-proxy"), ("kube-flannel", "kube-flannel-ds")):
         obj = api(lab, "-n", ns, "get", "daemonset", ds)
         assert obj["status"].get("numberReady") == obj["status"]["desiredNumberScheduled"] == 3, (ds, obj["status"])
