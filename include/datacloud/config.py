@@ -20,6 +20,11 @@ SSH_CONN_ID = "datacloud_ssh"
 MONGO_CONN_ID = "datacloud_mongo"
 KUBE_CONN_ID = "datacloud_kube"
 SPARK_CONN_ID = "datacloud_spark"
+# A kubeconfig with the token of a namespaced ServiceAccount (spark-jobs) that may only submit
+# and watch SparkApplications: what the kubernetes target of the flights transform submits with.
+SPARK_SUBMIT_CONN_ID = "datacloud_kubernetes_spark"
+# The Spark Connect server (the provider's spark_connect connection type).
+SPARK_CONNECT_CONN_ID = "datacloud_spark_connect"
 
 MONGO_DATABASE = "datacloud"
 
