@@ -4,8 +4,10 @@ pytest prepares a scenario (JSON), runs ``node tests/browser/airflow_ui.js``
 against the session's ``airflow_stack`` and checks the result it prints.
 playwright-core comes from ``./dev setup`` (tests/browser/package.json,
 installed under the datacloud cache); no browser is ever downloaded.
-Screenshots go to docs/img/ (the README shows them), so running these tests
-refreshes the pictures.
+Screenshots go to ``out/screenshots/`` (ignored by git), so ``./dev test``
+leaves the checkout clean. Refreshing the documentation's pictures in docs/img/
+is a deliberate command: ``tools/refresh-screenshots`` (it runs these tests with
+``DATACLOUD_SCREENSHOT_DIR=docs/img``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from datacloud import config
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "airflow_ui.js"
-IMG_DIR = config.REPO_ROOT / "docs" / "img"
+
+
+def screenshot_dir() -> Path:
+    """Where the scenarios write their pictures: ``DATACLOUD_SCREENSHOT_DIR`` or ``out/screenshots``."""
+    raw = os.environ.get("DATACLOUD_SCREENSHOT_DIR", "").strip()
+    path = Path(raw) if raw else config.REPO_ROOT / "out" / "screenshots"
+    return path if path.is_absolute() else config.REPO_ROOT / path
+
+
+IMG_DIR = screenshot_dir()
 CHROMIUM = Path(os.environ.get("DATACLOUD_CHROMIUM", "/usr/bin/chromium"))
 
 
@@ -51,6 +62,8 @@ def run_ui(browser_ready, tmp_path):
     def run(scenario: dict, timeout: float = 170) -> dict:
         scenario = {"user_data_dir": str(tmp_path / "chromium-profile"), "timeout_s": 120,
                     "failure_screenshot": str(tmp_path / "failure.png"), **scenario}
+        # Scenarios name their pictures; they land in IMG_DIR (never in the source tree by default).
+        scenario["screenshots"] = {key: str(IMG_DIR / name) for key, name in scenario.get("screenshots", {}).items()}
         IMG_DIR.mkdir(parents=True, exist_ok=True)
         path = tmp_path / "scenario.json"
         path.write_text(json.dumps(scenario))

@@ -1,8 +1,8 @@
 """An operator's path through the Airflow UI, in a real headless Chromium.
 
 Each case: sign in, open a Dag's trigger form, fill the Params, trigger, wait
-until the run is green in the grid, open a task's log, take screenshots for
-docs/img/. The REST API then confirms what the browser saw.
+until the run is green in the grid, open a task's log, take screenshots (into
+out/screenshots/, or docs/img/ through tools/refresh-screenshots). The REST API then confirms what the browser saw.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ import json
 
 import pytest
 
-from datacloud import config, platform_state
+from datacloud import platform_state
 from datacloud.api import AirflowAPI
-
-IMG_DIR = config.REPO_ROOT / "docs" / "img"
 
 
 def test_platform_links_and_platform_health(airflow_stack, airflow_api: AirflowAPI, run_ui):
@@ -30,7 +28,7 @@ def test_platform_links_and_platform_health(airflow_stack, airflow_api: AirflowA
             "username": "admin",
             "password": airflow_stack.admin_password(),
             "nav": {"menu": "Plugins", "category": "Platform"},
-            "screenshots": {"nav": str(IMG_DIR / "platform-links.png")},
+            "screenshots": {"nav": "platform-links.png"},
         })
     finally:
         platform_state.forget(path=state_file)
@@ -54,7 +52,7 @@ def test_platform_links_and_platform_health(airflow_stack, airflow_api: AirflowA
             "params": [],
             "task": {"task_id": "probe", "log_contains": ["Health | airflow", "Health | mongodb", "| skipped |",
                                                           "Health | 2 probe(s) ok, 7 skipped"]},
-            "screenshots": {"log": str(IMG_DIR / "platform_health-log.png")},
+            "screenshots": {"log": "platform_health-log.png"},
         })
     finally:
         airflow_api._request("PATCH", "/api/v2/dags/platform_health", {"is_paused": True})
@@ -99,9 +97,9 @@ def test_provision_platform_dry_run_against_the_lab(airflow_stack, airflow_api: 
             # one mapped node task: node_prep on the second node
             "task": {"task_id": "node_prep.prepare", "map_index": 1, "log_contains": ["node_prep | n2 | would change"]},
             "screenshots": {
-                "form": str(IMG_DIR / "provision_platform-trigger.png"),
-                "grid": str(IMG_DIR / "provision_platform-grid.png"),
-                "log": str(IMG_DIR / "provision_platform-node-log.png"),
+                "form": "provision_platform-trigger.png",
+                "grid": "provision_platform-grid.png",
+                "log": "provision_platform-node-log.png",
             },
         }, timeout=220)
         state_file = airflow_stack.data_dir / "platform" / "state.json"
@@ -149,9 +147,9 @@ def test_etl_flights_daily_one_day(airflow_stack, airflow_api: AirflowAPI, run_u
         "params": [{"name": "max_rejected_share", "kind": "number", "value": 0.02}],
         "task": {"task_id": "quality", "log_contains": ["Quality | 2013-06-15 passed"]},
         "screenshots": {
-            "form": str(IMG_DIR / "etl_flights_daily-trigger.png"),
-            "grid": str(IMG_DIR / "etl_flights_daily-grid.png"),
-            "log": str(IMG_DIR / "etl_flights_daily-quality-log.png"),
+            "form": "etl_flights_daily-trigger.png",
+            "grid": "etl_flights_daily-grid.png",
+            "log": "etl_flights_daily-quality-log.png",
         },
     }, timeout=260)
     assert result["conf"] == {"max_rejected_share": 0.02, "min_volume_ratio": 0.5}  # the edited field, the other default

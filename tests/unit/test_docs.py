@@ -59,3 +59,18 @@ def test_doc_links_resolve(doc):
         if "://" in target or target.startswith("mailto:"):
             continue
         assert (path.parent / target).resolve().exists(), f"{doc} links to {target}, which does not exist"
+
+
+def test_browser_screenshots_default_to_an_ignored_folder(monkeypatch):
+    """./dev test must leave the checkout clean: the browser tests' pictures go where git ignores them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("browser_conftest", REPO_ROOT / "tests" / "browser" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.delenv("DATACLOUD_SCREENSHOT_DIR", raising=False)
+    target = module.screenshot_dir() / "etl_flights_daily-grid.png"
+    ignored = subprocess.run(["git", "-C", str(REPO_ROOT), "check-ignore", "-q", str(target)], check=False)
+    assert ignored.returncode == 0, f"{target} is not ignored by git: the browser tests would dirty the checkout"
+    monkeypatch.setenv("DATACLOUD_SCREENSHOT_DIR", "docs/img")
+    assert module.screenshot_dir() == DOCS / "img"  # tools/refresh-screenshots
