@@ -12,6 +12,7 @@ from typing import Any
 from airflow.sdk import Asset, Param, TaskGroup, chain, get_current_context, task
 
 from datacloud import config
+from datacloud.dag_defaults import NODE_TASK_RETRIES
 from datacloud.stages import STAGES, stage_module
 
 # Per-node tasks run in this pool, capped per run as well. Task code has no
@@ -187,7 +188,7 @@ def stage_group(stage: str) -> TaskGroup | None:
                         max_active_tis_per_dagrun=MAX_PARALLEL_NODES,
                         outlets=outlets,
                         map_index_template="{{ node_name }}",
-                        retry_delay=timedelta(seconds=5),
+                        **NODE_TASK_RETRIES,
                         execution_timeout=STEP_TIMEOUT,
                     )(_run_node)
                     .partial(stage=stage, step=step.name)
@@ -201,7 +202,7 @@ def stage_group(stage: str) -> TaskGroup | None:
                     task_id=step.name,
                     trigger_rule="none_failed",
                     outlets=outlets,
-                    retry_delay=timedelta(seconds=5),
+                    **NODE_TASK_RETRIES,
                     execution_timeout=STEP_TIMEOUT,
                 )(_run_single)(stage, step.name, **kwargs)
                 if tasks:
