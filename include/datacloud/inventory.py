@@ -178,6 +178,7 @@ class Packages(_Model):
 
 REGISTRY_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*(:[0-9]{1,5})?$")
 IMAGE_REPOSITORY = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,252})(:[0-9]{1,5})?(/[a-z0-9]([a-z0-9._-]{0,126}))*$")
+SSH_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 PREFLIGHT_CHECK = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -282,6 +283,9 @@ class Node(_Model):
     cpu: int = Field(strict=True, ge=1, le=1024)
     memory_gb: float = Field(strict=True, gt=0, le=16384)
     disks: list[Disk] = Field(default_factory=list)
+    # The node's SSH host key as OpenSSH prints it (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub):
+    # the first connection checks it instead of trusting whatever key the node offers.
+    ssh_host_key: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -295,6 +299,11 @@ class Node(_Model):
     @classmethod
     def _name(cls, v: str) -> str:
         return _check(DNS1123_LABEL, v, "a DNS-1123 label (lowercase letters, digits and '-', at most 63)")
+
+    @field_validator("ssh_host_key")
+    @classmethod
+    def _host_key(cls, v: str | None) -> str | None:
+        return None if v is None else _check(SSH_FINGERPRINT, v, "a SHA256 fingerprint like SHA256:<43 base64 characters>")
 
     @field_validator("address")
     @classmethod

@@ -16,6 +16,10 @@ connection ``datacloud_ssh`` (extras ``key_file`` or ``private_key``).
   the node's key in ``<data dir>/ssh/known_hosts`` (trust on first use); every
   later connection checks it and a mismatch fails hard naming the node and
   both fingerprints. Other stages refuse nodes that preflight never recorded.
+  A node with ``ssh_host_key`` in the inventory (a ``SHA256:`` fingerprint) is
+  not trusted on first use: the key it offers must have that fingerprint before
+  it is recorded (any stage may then connect first), and a recorded key must
+  still match the pin.
 * **Output** is streamed line by line into the task log as ``node | line``
   and returned with the exit code. Lines a script prints as ``@@change ...``
   or ``@@fact key value`` are collected into :class:`Result`.
@@ -202,18 +206,44 @@ class HostKeyStore:
             os.replace(tmp, self.path)
 
 
-def fetch_host_key(address: str, port: int, timeout: float):
-    """The key the server offers, read from a bare SSH handshake (no authentication)."""
+# Host key types a pin may name, as OpenSSH servers offer them by default.
+PIN_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512")
+
+
+def fetch_host_key(address: str, port: int, timeout: float, key_type: str | None = None):
+    """The key the server offers (of ``key_type`` if given), read from a bare SSH handshake (no authentication)."""
     import paramiko
 
     sock = socket.create_connection((address, port), timeout=timeout)
     transport = paramiko.Transport(sock)
     try:
         transport.banner_timeout = timeout
+        if key_type is not None:
+            transport.get_security_options().key_types = [key_type]
         transport.start_client(timeout=timeout)
         return transport.get_remote_server_key()
     finally:
         transport.close()
+
+
+def fetch_pinned_host_key(address: str, port: int, timeout: float, pin: str):
+    """The node's key whose fingerprint is ``pin`` (an administrator may pin any of its key types),
+    else the key it offers first (which then does not match)."""
+    import paramiko
+
+    offered = fetch_host_key(address, port, timeout)
+    if fingerprint(offered) == pin:
+        return offered
+    for key_type in PIN_KEY_TYPES:
+        if key_type == offered.get_name() or (key_type.startswith("rsa-") and offered.get_name() == "ssh-rsa"):
+            continue
+        try:
+            other = fetch_host_key(address, port, timeout, key_type)
+        except paramiko.SSHException:  # the node has no key of that type
+            continue
+        if fingerprint(other) == pin:
+            return other
+    return offered
 
 
 # --- the remote itself -----------------------------------------------------
@@ -261,19 +291,36 @@ class Remote:
     def _pinned_key(self):
         import paramiko
 
+        pin = self.node.ssh_host_key
         pinned = self.store.get(self.address, self.port)
         if pinned is not None:
+            if pin is not None and fingerprint(pinned) != pin:
+                raise HostKeyMismatchError(
+                    f"{self.label} has host key {fingerprint(pinned)} recorded in {self.store.path} but the inventory "
+                    f"pins {pin} (nodes[].ssh_host_key); correct the pin, or delete the node's line there if the "
+                    "machine was reinstalled."
+                )
             return pinned
-        if not self.record_host_key:
+        if not self.record_host_key and pin is None:
             raise UnknownHostKeyError(
                 f"{self.label} has no recorded host key in {self.store.path}; run the preflight stage first."
             )
+        timeout = self.inv.ssh.connect_timeout_s
         try:
-            offered = fetch_host_key(self.address, self.port, self.inv.ssh.connect_timeout_s)
+            if pin is None:
+                offered = fetch_host_key(self.address, self.port, timeout)
+            else:
+                offered = fetch_pinned_host_key(self.address, self.port, timeout, pin)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._unreachable(_why(exc)) from None
+        if pin is not None and fingerprint(offered) != pin:
+            raise HostKeyMismatchError(
+                f"{self.label} offered host key {fingerprint(offered)} but the inventory pins {pin} "
+                "(nodes[].ssh_host_key); check that the address is the right machine, or correct the pin."
+            )
         self.store.record(self.address, self.port, offered)
-        log.info("SSH | Host key | %s recorded %s %s (trust on first use)", self.label, offered.get_name(), fingerprint(offered))
+        how = "matches the inventory's pin" if pin is not None else "trust on first use"
+        log.info("SSH | Host key | %s recorded %s %s (%s)", self.label, offered.get_name(), fingerprint(offered), how)
         return self.store.get(self.address, self.port)
 
     def connect(self):

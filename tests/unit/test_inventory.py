@@ -168,6 +168,11 @@ BAD = [
         lambda: mut(lambda d: d["nodes"][1]["disks"][1].__setitem__("device", "/dev/sdb/../../etc/shadow")),
         "nodes[1].disks[1].device: '/dev/sdb/../../etc/shadow' climbs out of /dev with '.' or '..'; name the device like /dev/sdb; fix it.",
     ),
+    (
+        "host_key_md5",
+        lambda: mut(lambda d: d["nodes"][1].__setitem__("ssh_host_key", "MD5:16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48")),
+        "nodes[1].ssh_host_key: 'MD5:16:27:ac:a5:76:28:...63:1b:56:4d:eb:df:a6:48' is not a SHA256 fingerprint like SHA256:<43 base64 characters>; fix it.",
+    ),
     ("cpu_str", lambda: mut(lambda d: d["nodes"][2].__setitem__("cpu", "4")), "nodes[2].cpu must be a whole number, got '4'."),
     ("cpu_float", lambda: mut(lambda d: d["nodes"][2].__setitem__("cpu", 4.0)), "nodes[2].cpu must be a whole number, got 4.0."),
     (
