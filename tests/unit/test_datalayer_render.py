@@ -201,10 +201,11 @@ def test_mongo_auth_and_keyfile_on():
     inv = inventories.reference()
     (psmdb,) = _kind(mongo.render(inv), "PerconaServerMongoDB")
     spec = psmdb["spec"]
-    # Internal auth is the keyFile: the operator uses x509 when TLS is on, the keyFile when it is off.
+    # TLS between members (issue 12, item 8): the operator's own certificates, x509 member auth;
+    # the keyFile Secret is still named (the operator requires it).
     assert spec["secrets"]["keyFile"] == mongo.KEYFILE_SECRET
-    assert spec["tls"]["mode"] == "disabled"
-    assert spec["unsafeFlags"]["tls"] is True
+    assert spec["tls"] == {"mode": "preferTLS"}
+    assert "tls" not in spec["unsafeFlags"]  # the operator's guard against TLS off is not bypassed
     assert spec["secrets"]["users"] == mongo.USERS_SECRET
     text = yaml.safe_dump(psmdb)
     assert "noauth" not in text.lower()

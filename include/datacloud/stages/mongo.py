@@ -332,6 +332,11 @@ def converge_secret(kube: Any, name: str, fresh: dict[str, str], dry_run: bool) 
 def step_apply(ctx: Any) -> dict[str, Any]:
     """Namespace, its NetworkPolicies, Secrets (created once; rotated only when annotated),
     operator charts, the cluster object."""
+    from datacloud.stages.preflight import mongo_node_port_problem
+
+    exposed = mongo_node_port_problem(ctx.inv)  # also when preflight was not selected
+    if exposed:
+        raise UserError(exposed)
     rendered = render(ctx.inv)
     changes: list[str] = []
     with ctx.kube() as kube:

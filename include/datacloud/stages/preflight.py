@@ -140,6 +140,22 @@ def image_problems(inv: Inventory, stages: tuple[str, ...] | list[str]) -> list[
     return out
 
 
+def exposure_problems(inv: Inventory, stages: tuple[str, ...] | list[str]) -> list[str]:
+    """Services a run would expose on every node's address without TLS."""
+    sentence = mongo_node_port_problem(inv)
+    return [sentence] if sentence and "mongo" in stages else []
+
+
+def mongo_node_port_problem(inv: Inventory) -> str | None:
+    port = inv.components.mongo.node_port
+    if port is None:
+        return None
+    return (
+        f"components.mongo.node_port {port} would expose mongos on every node's address without TLS (its clients do "
+        "not speak TLS yet); remove it and reach MongoDB through ./dev tunnels (an SSH forward)."
+    )
+
+
 def table(inv: Inventory, facts_by_node: dict[str, dict[str, Any]]) -> str:
     head = f"{'node':<12} {'address':<15} {'os':<22} {'kernel':<18} {'cpu':>4} {'mem MiB':>8} {'swap':>5} {'clock':>7}  state"
     rows = [head, "-" * len(head)]
@@ -166,7 +182,9 @@ def check(ctx: StageContext, gathered: list[dict]) -> dict:
     from datacloud.stages import STAGES
 
     params = getattr(ctx, "params", None)
-    found.extend(image_problems(ctx.inv, tuple(getattr(params, "stages", ()) or STAGES)))
+    stages = tuple(getattr(params, "stages", ()) or STAGES)
+    found.extend(image_problems(ctx.inv, stages))
+    found.extend(exposure_problems(ctx.inv, stages))
     for w in ctx.inv.warnings:
         log.warning("preflight | Warning | %s", w)
     for p in found:
