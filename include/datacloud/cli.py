@@ -20,7 +20,9 @@ log = logging.getLogger("datacloud")
 
 
 def _inventory_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--inventory", "-i", required=required, help="inventory YAML (default: inventory.yaml, else inventory.example.yaml)")
+    p.add_argument(
+        "--inventory", "-i", required=required, help="inventory YAML (default: inventory.yaml, else inventory.example.yaml)"
+    )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -31,9 +33,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"Airflow UI:      {stack.airflow_url}  (user admin)")
     print(f"admin password:  {stack.password_file}")
     print(f"MongoDB (FerretDB): {stack.mongo_uri}")
+    print(f"Spark Connect:   {stack.connect_url}  (flights transform target: {stack.spark_target})")
     if args.spark:
         print(f"Spark master:    {stack.spark_master}  (UI http://127.0.0.1:{stack.spark_ui_port})")
-    print("environment:     eval \"$(./dev env)\"")
+    print('environment:     eval "$(./dev env)"')
     return 0
 
 
@@ -43,6 +46,25 @@ def cmd_down(args: argparse.Namespace) -> int:
     stack = Stack()
     stopped = stack.down()
     print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}; data kept in {stack.data_dir}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from datacloud.localstack import SERVICES, Stack
+
+    stack = Stack()
+    where = {
+        "ferretdb": stack.mongo_uri,
+        "spark-connect": stack.connect_url,
+        "spark-master": stack.spark_master,
+        "spark-worker": "",
+        "airflow": stack.airflow_url,
+    }
+    for name in reversed(SERVICES):
+        pid = stack.running(name)
+        state = f"running (pgid {pid})" if pid else "stopped"
+        print(f"{name:<14} {state:<24} {where.get(name, '')}".rstrip())
+    print(f"data: {stack.data_dir}; logs: {stack.run_dir}/<service>.log; flights transform target: {stack.spark_target}")
     return 0
 
 
@@ -96,7 +118,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from datacloud import mainjob
 
-    return mainjob.run()
+    first, last = mainjob.parse_range(args.first, args.last)
+    return mainjob.run(first, last)
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -131,8 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--spark", action="store_true", help="also start a Spark standalone master and worker")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="which services of the local stack run, and where").set_defaults(func=cmd_status)
     sub.add_parser("env", help="print export lines").set_defaults(func=cmd_env)
-    sub.add_parser("run", help="the main job on the embedded default").set_defaults(func=cmd_run)
+    run = sub.add_parser("run", help="the main job on the embedded default: backfill days of 2013 (default the first week)")
+    run.add_argument("--from", dest="first", metavar="YYYY-MM-DD", help="first day (default 2013-01-01)")
+    run.add_argument("--to", dest="last", metavar="YYYY-MM-DD", help="last day (default 2013-01-07; --from alone: that day)")
+    run.set_defaults(func=cmd_run)
     t = sub.add_parser("test", help="run the test suite", add_help=False)
     t.add_argument("pytest_args", nargs=argparse.REMAINDER)
     t.set_defaults(func=cmd_test)

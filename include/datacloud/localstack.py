@@ -1,8 +1,15 @@
-"""The local stack: FerretDB, ``airflow standalone`` and optionally Spark standalone.
+"""The local stack: FerretDB, a Spark Connect server, ``airflow standalone`` and optionally Spark standalone.
 
 Each service starts in its own process group and its pid file records that
 group and the process start time, so ``down`` stops exactly what ``up``
 started (never a recycled pid) and leaves the data in place.
+
+The Spark Connect server is one JVM (``local[2]``, the MongoDB connector jars,
+a bounded heap) on 127.0.0.1; the flights transform runs on it as a thin
+client (``DATACLOUD_SPARK_TARGET=connect``, the stack's default). Its port is
+``DATACLOUD_SPARK_CONNECT_PORT`` when set, else the one recorded in
+``run/spark-connect.port`` at its first start (15002, Spark Connect's own
+default, for the developer's stack when free; a free port otherwise).
 """
 
 from __future__ import annotations
@@ -27,13 +34,17 @@ from datacloud.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("airflow", "spark-worker", "spark-master", "ferretdb")  # stop order
+SERVICES = ("airflow", "spark-connect", "spark-worker", "spark-master", "ferretdb")  # stop order
 LOOPBACK = "127.0.0.1"  # every port the stack opens binds here
 # The account stages use for the Airflow REST API (connection datacloud_airflow_api).
 # The simple auth manager has four fixed roles (viewer < user < op < admin); op is the
 # lowest that may write connections (docs/security.md says what else it may do).
 STAGES_USER = "datacloud-stages"
 STAGES_ROLE = "op"
+CONNECT_DEFAULT_PORT = 15002  # Spark Connect's own default
+CONNECT_MEMORY = "2g"  # the Connect server's driver heap (it runs every local Spark job of the stack)
+CONNECT_START_TIMEOUT_S = 180
+TARGETS = ("connect", "local", "standalone", "kubernetes")  # datacloud.spark.TARGETS, without importing pyspark
 
 
 def _versions() -> dict:
@@ -85,6 +96,12 @@ class Stack:
     mongo_port: int = field(default_factory=lambda: int(os.environ.get("DATACLOUD_MONGO_PORT", "27017")))
     spark_port: int = field(default_factory=lambda: int(os.environ.get("DATACLOUD_SPARK_PORT", "7077")))
     spark_ui_port: int = field(default_factory=lambda: int(os.environ.get("DATACLOUD_SPARK_UI_PORT", "8081")))
+    # None: the port recorded at the Connect server's first start (see the module doc)
+    spark_connect_port: int | None = field(
+        default_factory=lambda: (
+            int(os.environ["DATACLOUD_SPARK_CONNECT_PORT"]) if os.environ.get("DATACLOUD_SPARK_CONNECT_PORT") else None
+        )
+    )
 
     @property
     def run_dir(self) -> Path:
@@ -107,6 +124,32 @@ class Stack:
         return f"spark://127.0.0.1:{self.spark_port}"
 
     @property
+    def connect_port_file(self) -> Path:
+        return self.run_dir / "spark-connect.port"
+
+    @property
+    def connect_port(self) -> int:
+        """The Spark Connect server's port: set, recorded at its first start, or the one it would take."""
+        if self.spark_connect_port:
+            return self.spark_connect_port
+        try:
+            return int(self.connect_port_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return CONNECT_DEFAULT_PORT
+
+    @property
+    def connect_url(self) -> str:
+        return f"sc://{LOOPBACK}:{self.connect_port}"
+
+    @property
+    def spark_target(self) -> str:
+        """Where the stack's Airflow runs the flights transform: ``DATACLOUD_SPARK_TARGET``, else the Connect server."""
+        value = os.environ.get("DATACLOUD_SPARK_TARGET", "").strip().lower() or "connect"
+        if value not in TARGETS:
+            raise UserError(f"DATACLOUD_SPARK_TARGET must be one of {', '.join(TARGETS)} (got {value!r}).")
+        return value
+
+    @property
     def password_file(self) -> Path:
         return self.airflow_home / "simple_auth_manager_passwords.json.generated"
 
@@ -119,6 +162,8 @@ class Stack:
             "port": self.spark_port,
             "extra": {"deploy-mode": "client"},
         }
+        # The provider's Spark Connect type (SparkConnectHook builds sc://127.0.0.1:PORT/ from it).
+        connect_conn = {"conn_type": "spark_connect", "host": f"sc://{LOOPBACK}", "port": self.connect_port}
         env = {
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(config.REPO_ROOT / "dags"),
@@ -141,6 +186,8 @@ class Stack:
             "DATACLOUD_SPARK_MASTER": self.spark_master,
             "AIRFLOW_CONN_DATACLOUD_MONGO": json.dumps(mongo_conn),
             "AIRFLOW_CONN_DATACLOUD_SPARK": json.dumps(spark_conn),
+            "AIRFLOW_CONN_DATACLOUD_SPARK_CONNECT": json.dumps(connect_conn),
+            "DATACLOUD_SPARK_TARGET": self.spark_target,
             "SPARK_LOCAL_IP": LOOPBACK,  # the Spark web UIs bind here too
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
@@ -263,6 +310,8 @@ class Stack:
                 f"port {self.airflow_port} is already in use by another program; stop it or set DATACLOUD_AIRFLOW_PORT."
             )
         self.ensure_passwords()  # before the auth manager would generate them
+        if self.spark_target == "connect":
+            self.start_spark_connect()  # the DAG's transform runs there
         airflow = str(Path(sys.executable).parent / "airflow")
         self._start("airflow", [airflow, "standalone"], self.env())
         self._wait("Airflow", self.airflow_healthy, 240, "airflow")
@@ -328,6 +377,81 @@ class Stack:
                 env,
             )
 
+    def _choose_connect_port(self) -> int:
+        """The Connect server's port for this start; recorded so ``env()`` and later starts agree."""
+        if self.spark_connect_port:
+            port = self.spark_connect_port
+            if port_open(port):
+                raise UserError(f"port {port} is already in use by another program; stop it or set DATACLOUD_SPARK_CONNECT_PORT.")
+            return port
+        if self.connect_port_file.exists():
+            port = self.connect_port
+            deadline = time.monotonic() + 10  # a server stopped a moment ago may still hold it
+            while port_open(port) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if port_open(port):
+                raise UserError(
+                    f"port {port} (recorded in {self.connect_port_file}) is already in use by another program; "
+                    "stop it, or delete that file and the stack picks another port."
+                )
+            return port
+        own = self.data_dir.resolve() == config.data_dir().resolve()
+        port = CONNECT_DEFAULT_PORT if own and not port_open(CONNECT_DEFAULT_PORT) else free_port()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.connect_port_file.write_text(f"{port}\n")
+        return port
+
+    def connect_argv(self, port: int) -> list[str]:
+        """spark-submit of the Connect server: one JVM, local[2], the connector jars, a bounded heap, loopback only."""
+        spark_home = Path(__import__("pyspark").__file__).parent
+        conf = {
+            "spark.connect.grpc.binding.address": LOOPBACK,
+            "spark.connect.grpc.binding.port": str(port),
+            "spark.connect.grpc.port.maxRetries": "0",  # the recorded port or fail, never a neighbour
+            "spark.driver.host": LOOPBACK,
+            "spark.driver.bindAddress": LOOPBACK,
+            "spark.ui.enabled": "false",
+            "spark.log.level": "WARN",
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.shuffle.partitions": "2",
+            "spark.sql.catalogImplementation": "in-memory",
+            "spark.sql.warehouse.dir": str(self.data_dir / "spark-connect" / "warehouse"),
+            "spark.local.dir": str(self.data_dir / "spark-connect" / "tmp"),
+            "spark.driver.extraJavaOptions": "-XX:+UseSerialGC",
+        }
+        jars = spark_jars()
+        if not jars:
+            raise UserError(f"the MongoDB Spark connector jars are missing ({spark_jars_dir()}); run ./dev setup.")
+        argv = [
+            str(spark_home / "bin" / "spark-submit"),
+            "--class",
+            "org.apache.spark.sql.connect.service.SparkConnectServer",
+            "--name",
+            "datacloud Spark Connect",
+            "--master",
+            "local[2]",
+            "--driver-memory",
+            CONNECT_MEMORY,
+            "--jars",
+            ",".join(str(j) for j in jars),
+        ]
+        for key, value in conf.items():
+            argv += ["--conf", f"{key}={value}"]
+        return argv
+
+    def start_spark_connect(self) -> None:
+        """The Spark Connect server, health-waited: its gRPC port answers and ``spark.range(1).count()`` runs."""
+        if self.running("spark-connect"):
+            return
+        port = self._choose_connect_port()
+        work = self.data_dir / "spark-connect"
+        (work / "tmp").mkdir(parents=True, exist_ok=True)
+        spark_home = Path(__import__("pyspark").__file__).parent
+        env = {**self.env(), "SPARK_HOME": str(spark_home), "SPARK_LOG_DIR": str(self.run_dir)}
+        self._start("spark-connect", self.connect_argv(port), env, cwd=work)
+        self._wait("Spark Connect", lambda: port_open(port), CONNECT_START_TIMEOUT_S, "spark-connect")
+        self._wait("a Spark Connect query", lambda: connect_query_ok(self.connect_url), 60, "spark-connect")
+
     def airflow_healthy(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.airflow_url}/api/v2/monitor/health", timeout=3) as r:  # noqa: S310 - loopback
@@ -355,6 +479,7 @@ class Stack:
 
     def up(self, spark: bool = False) -> None:
         self.start_ferretdb()
+        self.start_spark_connect()
         if spark:
             self.start_spark()
         self.start_airflow()
@@ -394,6 +519,25 @@ class Stack:
             return json.loads(self.password_file.read_text())["admin"]
         except (FileNotFoundError, KeyError, ValueError):
             raise UserError(f"no admin password at {self.password_file}; start the stack with ./dev up.") from None
+
+
+def connect_query_ok(url: str, timeout_s: float = 20) -> bool:
+    """True when the Connect server at URL answers ``spark.range(1).count()`` (one short session, released)."""
+    from datacloud.spark import connect_session
+
+    try:
+        session = connect_session(url, deadline_s=timeout_s)
+    except Exception:  # noqa: BLE001 - not up yet: the caller waits and asks again
+        return False
+    try:
+        return session.range(1).count() == 1
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        try:
+            session.stop()
+        except Exception:  # noqa: BLE001, S110 - a session that cannot be released expires on the server
+            pass
 
 
 def process_start_time(pid: int) -> str | None:

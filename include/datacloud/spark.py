@@ -1,7 +1,19 @@
-"""One PySpark job, three targets: ``local`` (default), ``standalone``, ``kubernetes``.
+"""One PySpark job, four targets: ``local`` (default), ``connect``, ``standalone``, ``kubernetes``.
 
 The target comes from ``DATACLOUD_SPARK_TARGET`` when the DAG file is parsed
-(an environment setting, no I/O); ``transform_operator()`` returns the task:
+(an environment setting, no I/O; the local stack sets ``connect``);
+``transform_operator()`` returns the task:
+
+* ``connect`` -- the task is a thin Spark Connect client: it builds the
+  ``sc://`` URL from the ``datacloud_spark_connect`` connection (the provider's
+  ``SparkConnectHook``), opens a session of its own
+  (``SparkSession.builder.remote(url).create()``, so concurrent days share no
+  temp view or conf), runs the same job file there and releases the session.
+  No JVM starts in the Airflow worker. A server that is down or restarts
+  mid-job is one sentence and a ``TransientError``: Airflow retries the task
+  (the job's writes are replace-upserts, so a retry rewrites the same
+  documents). ``connect_slots()`` transforms run at once, and
+  ``max_active_runs()`` sizes the days at once for it.
 
 * ``local`` -- the job runs inside the task process on ``local[2]`` with the
   MongoDB Spark connector jars from ``DATACLOUD_SPARK_JARS``
@@ -27,13 +39,16 @@ Kubernetes), never through arguments.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
 import re
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +57,7 @@ from datacloud.errors import UserError
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("local", "standalone", "kubernetes")
+TARGETS = ("local", "connect", "standalone", "kubernetes")
 JOB_FILE = config.JOBS_DIR / "flights_daily_stats.py"
 TEMPLATE = "spark/sparkapplication-flights.yaml.j2"
 K8S_NAMESPACE = "spark-jobs"  # where the spark stage lets drivers run (ServiceAccount spark)
@@ -54,6 +69,26 @@ K8S_MONGO_SECRET = "datacloud-mongo-spark"  # noqa: S105 - a Secret name, not a 
 # (one day locally: JVM start 19 -> 10 s and first run 35 -> 16 s on a busy 2-core machine).
 JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
+CONNECT_SLOTS = 2
+CONNECT_RUNS_PER_SLOT = 3
+# A Connect server that does not answer: the client's own retries of one call (gRPC UNAVAILABLE)
+# give up after about CONNECT_RETRY_S seconds (a job's first calls: about twice that); then the
+# task fails with one sentence and Airflow retries it. A server that comes back is a new
+# process that knows no session of ours, so waiting longer inside the task would not help.
+CONNECT_RETRY_S = 10
+CONNECT_TASK_TIMEOUT = 15 * 60  # seconds; a day's job takes a few
+# What the Connect client says when the server went away or came back as a new process.
+_CONNECT_LOST = (
+    "StatusCode.UNAVAILABLE",
+    "RETRIES_EXCEEDED",
+    "INVALID_HANDLE.SESSION_CHANGED",
+    "INVALID_HANDLE.SESSION_NOT_FOUND",
+    "INVALID_HANDLE.SESSION_CLOSED",
+    "INVALID_HANDLE.OPERATION_NOT_FOUND",
+    "Connection refused",
+    "Socket closed",
+    "failed to connect",
+)
 
 
 def target() -> str:
@@ -69,6 +104,33 @@ def local_slots() -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise UserError(f"DATACLOUD_SPARK_LOCAL_SLOTS must be a whole number >= 1 (got {raw!r}).")
     return int(raw)
+
+
+def connect_slots() -> int:
+    """How many transforms the Connect server runs at once (``DATACLOUD_SPARK_CONNECT_SLOTS``, default 2).
+
+    The local server is ``local[2]``: two jobs keep both of its cores busy (one job's
+    stages are mostly single-partition); more only queue inside the JVM.
+    """
+    raw = os.environ.get("DATACLOUD_SPARK_CONNECT_SLOTS", str(CONNECT_SLOTS))
+    if not raw.isdigit() or int(raw) < 1:
+        raise UserError(f"DATACLOUD_SPARK_CONNECT_SLOTS must be a whole number >= 1 (got {raw!r}).")
+    return int(raw)
+
+
+def max_active_runs(kind: str | None = None) -> int:
+    """How many days of etl_flights_daily run at once on target KIND (default: :func:`target`).
+
+    ``DATACLOUD_FLIGHTS_MAX_ACTIVE_RUNS`` when set (``flights.max_active_runs``); with the
+    connect target otherwise ``CONNECT_RUNS_PER_SLOT`` days per Connect slot, so that the
+    light tasks of the next days (land, ingest, quality) run while the server works; on the
+    other targets the pipeline's own default.
+    """
+    from datacloud.pipelines import flights
+
+    if os.environ.get("DATACLOUD_FLIGHTS_MAX_ACTIVE_RUNS") or (kind or target()) != "connect":
+        return flights.max_active_runs()
+    return CONNECT_RUNS_PER_SLOT * connect_slots()
 
 
 def job_arguments(day: str, landing: str, database: str) -> list[str]:
@@ -202,6 +264,136 @@ def run_local(day: str, landing_root: Path, uri: str, database: str) -> dict[str
     return result
 
 
+# --- connect --------------------------------------------------------------------------------
+
+_connect_mode_lock = threading.Lock()
+_connect_mode_users = 0
+
+
+@contextlib.contextmanager
+def _connect_mode() -> Iterator[None]:
+    """pyspark's functions build Connect columns while SPARK_CONNECT_MODE_ENABLED is set; keep it set only
+    while a Connect job of this process runs, so a local session started later in the process is classic."""
+    global _connect_mode_users
+    with _connect_mode_lock:
+        was_set = "SPARK_CONNECT_MODE_ENABLED" in os.environ and _connect_mode_users == 0
+        _connect_mode_users += 1
+        os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    try:
+        yield
+    finally:
+        with _connect_mode_lock:
+            _connect_mode_users -= 1
+            if _connect_mode_users == 0 and not was_set:
+                os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
+
+
+def connect_url(conn_id: str = config.SPARK_CONNECT_CONN_ID) -> str:
+    """The ``sc://`` URL of the connection (the provider's Spark Connect type), through its hook."""
+    from airflow.providers.apache.spark.hooks.spark_connect import SparkConnectHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        url = SparkConnectHook(conn_id=conn_id).get_connection_url()
+    except AirflowNotFoundException:
+        raise UserError(
+            f"the connection {conn_id} is not defined; create it (type Spark Connect, host sc://HOST, port) "
+            "or start the local stack with ./dev up."
+        ) from None
+    except ValueError as exc:
+        raise UserError(f"the connection {conn_id} is not a Spark Connect URL ({exc}); set host sc://HOST and port.") from None
+    if ";token=" in url:
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(url)
+    return url
+
+
+def connect_session(url: str, *, deadline_s: float = CONNECT_RETRY_S):
+    """A new Spark Connect session of its own at URL (never the process's default one), whose client
+    gives up on an unreachable server after about ``deadline_s`` seconds instead of ten minutes."""
+    from pyspark.sql import SparkSession
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    session = SparkSession.builder.remote(url).create()
+    # 0.2, 0.4, ... 3.2 s between tries (6.2 s), then 4 s each: about deadline_s in all.
+    tries = 5 + max(0, int((deadline_s - 6.2) // 4))
+    session.client.set_retry_policies(
+        [DefaultPolicy(max_retries=tries, initial_backoff=200, backoff_multiplier=2.0, max_backoff=4000, jitter=100)]
+    )
+    return session
+
+
+def connect_lost(exc: BaseException) -> bool:
+    """True when EXC (or what caused it) says the Connect server went away or restarted: a gRPC call that
+    ended UNAVAILABLE, the client's retries given up, or a session or operation the server no longer knows.
+    An error of the job itself (a bad column, a failed write) is not."""
+    seen = 0
+    while exc is not None and seen < 5:
+        code = getattr(exc, "code", None)
+        if callable(code):
+            try:
+                if code().name == "UNAVAILABLE":
+                    return True
+            except Exception:  # noqa: BLE001, S110 - an RPC that has not finished has no code yet
+                pass
+        text = f"{type(exc).__name__}: {exc}"
+        if type(exc).__name__ == "RetriesExceeded" or any(marker in text for marker in _CONNECT_LOST):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    """What the client said, in one short line: the gRPC status and details, else the message's first line."""
+    chain, e = [], exc
+    while e is not None and len(chain) < 5:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        code = getattr(e, "code", None)
+        if callable(code):
+            try:
+                return f"gRPC {code().name}: {e.details()}"[:200]
+            except Exception:  # noqa: BLE001, S112 - not a finished RPC: look further down the chain
+                continue
+    for e in chain:
+        first = (str(e).strip().splitlines() or [""])[0]
+        if first and not first.startswith("<") and "RETRIES_EXCEEDED" not in first:
+            return first[:200].rstrip(".")
+    return type(exc).__name__
+
+
+def run_connect(day: str, landing_root: Path, uri: str, database: str, url: str) -> dict[str, Any]:
+    """Run the job on the Spark Connect server at URL in a session of its own; returns the job's result."""
+    from datacloud.errors import TransientError
+
+    started = time.monotonic()
+    with _connect_mode():
+        session = None
+        try:
+            session = connect_session(url)
+            landing_day = str(Path(landing_root) / "flights" / f"date={day}")
+            result = _job_module().run(session, day, landing_day, uri, database)
+        except Exception as exc:
+            if connect_lost(exc):
+                raise TransientError(
+                    f"the Spark Connect server at {url} did not answer or restarted during the job for {day} "
+                    f"({_reason(exc)}); Airflow retries the task (./dev up starts the server)."
+                ) from None
+            raise
+        finally:
+            if session is not None:
+                try:
+                    session.stop()  # releases the session on the server
+                except Exception:  # noqa: BLE001, S110 - a server that is gone holds no session
+                    pass
+    result["client_seconds"] = round(time.monotonic() - started, 2)
+    log.info("Spark | connect job for %s on %s: %.1fs (job %.1fs)", day, url, result["client_seconds"], result["seconds"])
+    return result
+
+
 # --- operators ----------------------------------------------------------------------------
 
 
@@ -243,6 +435,13 @@ def transform_operator(task_id: str = "transform", **kwargs: Any):
         # Each local task starts its own JVM; on a small machine several at once only thrash.
         kwargs.setdefault("max_active_tis_per_dag", local_slots())
         return _local_operator_class()(task_id=task_id, **kwargs)
+    if kind == "connect":
+        from datetime import timedelta
+
+        # The Connect server's slots: more transforms at once only queue inside its JVM.
+        kwargs.setdefault("max_active_tis_per_dag", connect_slots())
+        kwargs.setdefault("execution_timeout", timedelta(seconds=CONNECT_TASK_TIMEOUT))
+        return _connect_operator_class()(task_id=task_id, **kwargs)
     if kind == "standalone":
         return _standalone_operator_class()(task_id=task_id, **kwargs)
     return _kubernetes_operator_class()(task_id=task_id, **kwargs)
@@ -273,6 +472,38 @@ def _local_operator_class():
                 return result
 
     return FlightsSparkLocalOperator
+
+
+def _connect_operator_class():
+    from airflow.sdk import BaseOperator
+
+    class FlightsSparkConnectOperator(BaseOperator):
+        """Runs include/jobs/flights_daily_stats.py on the Spark Connect server (a session per task, no JVM here)."""
+
+        ui_color = "#d7ecf9"
+
+        def __init__(self, *, conn_id: str = config.SPARK_CONNECT_CONN_ID, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.conn_id = conn_id
+
+        def execute(self, context):
+            from datacloud.pipelines.flights import task_errors
+            from datacloud.pipelines.ingest import reachable
+
+            with task_errors():
+                day = _day(context)
+                url = connect_url(self.conn_id)
+                mongo = _mongo_for_job()
+                try:
+                    with reachable(mongo.uri):
+                        mongo.client.admin.command("ping")
+                    result = run_connect(day, config.data_dir() / "landing", mongo.uri, mongo.database, url)
+                    result.update(_finish(day, mongo))
+                finally:
+                    mongo.close()
+                return result
+
+    return FlightsSparkConnectOperator
 
 
 def _standalone_operator_class():
@@ -334,7 +565,9 @@ def _kubernetes_operator_class():
 
         def __init__(self, **kwargs: Any) -> None:
             kwargs.setdefault("namespace", K8S_NAMESPACE)
-            kwargs.setdefault("kubernetes_conn_id", config.KUBE_CONN_ID)
+            # A kubeconfig with a namespaced ServiceAccount token (spark-jobs) that may only submit and watch
+            # SparkApplications; the spark stage creates the connection.
+            kwargs.setdefault("kubernetes_conn_id", config.SPARK_SUBMIT_CONN_ID)
             kwargs.setdefault("get_logs", True)
             kwargs.setdefault("delete_on_termination", True)
             kwargs.setdefault("random_name_suffix", False)  # the name is already unique per run and try

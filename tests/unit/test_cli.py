@@ -1,9 +1,10 @@
-"""./dev subcommands that need no services: validate, capacity, render."""
+"""./dev subcommands that need no services: validate, capacity, render, run's range, status."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from datacloud.cli import main
@@ -57,3 +58,56 @@ def test_render_writes_a_folder_per_stage_and_charts(tmp_path: Path, capsys) -> 
     assert isinstance(charts["releases"], list)
     for rel in charts["releases"]:
         assert rel["version"] and rel["chart"] and rel["repo"], rel
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], "2013-01-01 .. 2013-01-07"),
+        (["--from", "2013-02-01", "--to", "2013-02-28"], "2013-02-01 .. 2013-02-28"),
+        (["--from", "2013-03-05"], "2013-03-05 .. 2013-03-05"),
+        (["--to", "2013-01-03"], "2013-01-01 .. 2013-01-03"),
+        (["--from", "2013-01-01", "--to", "2013-12-31"], "2013-01-01 .. 2013-12-31"),
+    ],
+)
+def test_run_backfills_the_range_it_is_given(argv, expected, monkeypatch) -> None:
+    from datacloud import mainjob
+
+    ran = []
+    monkeypatch.setattr(mainjob, "run", lambda first, last: ran.append(f"{first} .. {last}") or 0)
+    assert main(["run", *argv]) == 0
+    assert ran == [expected]
+
+
+@pytest.mark.parametrize(
+    ("argv", "sentence"),
+    [
+        (["--from", "2013-02-30"], "--from '2013-02-30' is not a date; write it as YYYY-MM-DD, e.g. --from 2013-02-01."),
+        (["--from", "20130201"], "--from '20130201' is not a date; write it as YYYY-MM-DD, e.g. --from 2013-02-01."),
+        (["--to", "yesterday"], "--to 'yesterday' is not a date; write it as YYYY-MM-DD, e.g. --to 2013-02-01."),
+        (["--from", "2014-01-01"], "--from 2014-01-01 is outside the flights data; pick days from 2013-01-01 to 2013-12-31."),
+        (["--from", "2013-01-01", "--to", "2014-01-01"], "--to 2014-01-01 is outside the flights data; pick days from"),
+        (
+            ["--from", "2013-02-10", "--to", "2013-02-01"],
+            "--to 2013-02-01 is before --from 2013-02-10; give the first day first.",
+        ),
+    ],
+)
+def test_run_refuses_a_bad_range_in_one_sentence(argv, sentence, monkeypatch, capsys) -> None:
+    from datacloud import mainjob
+
+    monkeypatch.setattr(mainjob, "run", lambda first, last: pytest.fail("must not start anything"))
+    assert main(["run", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {sentence}")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_status_lists_the_connect_server(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DATACLOUD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DATACLOUD_SPARK_CONNECT_PORT", "15123")
+    monkeypatch.delenv("DATACLOUD_SPARK_TARGET", raising=False)
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "spark-connect  stopped" in out and "sc://127.0.0.1:15123" in out
+    assert "flights transform target: connect" in out

@@ -66,3 +66,15 @@ def test_bad_max_active_runs_is_one_sentence(monkeypatch):
     monkeypatch.setenv("DATACLOUD_FLIGHTS_MAX_ACTIVE_RUNS", "zero")
     with pytest.raises(UserError, match="must be a whole number >= 1"):
         max_active_runs()
+
+
+def test_connect_target_runs_several_days_at_once(monkeypatch):
+    monkeypatch.delenv("DATACLOUD_FLIGHTS_MAX_ACTIVE_RUNS", raising=False)
+    monkeypatch.delenv("DATACLOUD_SPARK_CONNECT_SLOTS", raising=False)
+    dag = load(monkeypatch, DATACLOUD_SPARK_TARGET="connect")
+    transform = dag.get_task("transform")
+    assert type(transform).__name__ == "FlightsSparkConnectOperator"
+    assert transform.max_active_tis_per_dag == 2  # the Connect server's slots
+    assert dag.max_active_runs == 6  # while two days transform, the next ones land and ingest
+    local = load(monkeypatch, DATACLOUD_SPARK_TARGET="local")
+    assert local.max_active_runs == 3

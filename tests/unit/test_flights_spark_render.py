@@ -105,25 +105,34 @@ def test_target_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("DATACLOUD_SPARK_TARGET", "Kubernetes")
     assert spark.target() == "kubernetes"
     monkeypatch.setenv("DATACLOUD_SPARK_TARGET", "yarn")
-    with pytest.raises(UserError, match="must be one of local, standalone, kubernetes"):
+    with pytest.raises(UserError, match="must be one of local, connect, standalone, kubernetes"):
         spark.target()
+    monkeypatch.setenv("DATACLOUD_SPARK_TARGET", "connect")
+    assert spark.target() == "connect"
 
 
-@pytest.mark.parametrize("kind", ["local", "standalone", "kubernetes"])
+@pytest.mark.parametrize("kind", ["local", "connect", "standalone", "kubernetes"])
 def test_each_target_builds_its_operator(monkeypatch, kind):
     monkeypatch.setenv("DATACLOUD_SPARK_TARGET", kind)
     op = spark.transform_operator(task_id="transform")
     expected = {
         "local": "FlightsSparkLocalOperator",
+        "connect": "FlightsSparkConnectOperator",
         "standalone": "FlightsSparkSubmitOperator",
         "kubernetes": "FlightsSparkKubernetesOperator",
     }[kind]
     assert type(op).__name__ == expected
     if kind == "local":
         assert op.max_active_tis_per_dag == 1  # one JVM at a time on a small machine
+    if kind == "connect":
+        assert op.conn_id == "datacloud_spark_connect"
+        assert op.max_active_tis_per_dag == 2  # the Connect server's slots (local[2])
+        assert op.execution_timeout.total_seconds() == spark.CONNECT_TASK_TIMEOUT
     if kind == "kubernetes":
         assert (op.get_logs, op.delete_on_termination, op.random_name_suffix) == (True, True, False)
         assert op.namespace == "spark-jobs"
+        # the namespaced submit-only token, not the cluster's admin kubeconfig
+        assert op.kubernetes_conn_id == "datacloud_kubernetes_spark"
     if kind == "standalone":
         assert op._conn_id == "datacloud_spark"
         assert op.application.endswith("include/jobs/flights_daily_stats.py")
@@ -133,3 +142,61 @@ def test_a_digest_pinned_image_passes_through_and_is_pulled_if_not_present():
     spec = rendered(image=f"{IMAGE}@{DIGEST}")["spec"]
     assert spec["image"] == f"{IMAGE}@{DIGEST}"
     assert spec["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_connect_sizing_comes_from_the_environment(monkeypatch):
+    from datacloud.errors import UserError
+
+    monkeypatch.delenv("DATACLOUD_FLIGHTS_MAX_ACTIVE_RUNS", raising=False)
+    monkeypatch.delenv("DATACLOUD_SPARK_CONNECT_SLOTS", raising=False)
+    monkeypatch.setenv("DATACLOUD_SPARK_TARGET", "connect")
+    assert spark.connect_slots() == 2
+    assert spark.max_active_runs() == 6  # three days per Connect slot
+    monkeypatch.setenv("DATACLOUD_SPARK_CONNECT_SLOTS", "3")
+    assert spark.max_active_runs() == 9
+    assert spark.max_active_runs("local") == 3  # the pipeline's own default on the other targets
+    monkeypatch.setenv("DATACLOUD_FLIGHTS_MAX_ACTIVE_RUNS", "4")
+    assert spark.max_active_runs() == 4  # an explicit setting wins
+    monkeypatch.setenv("DATACLOUD_SPARK_CONNECT_SLOTS", "0")
+    with pytest.raises(UserError, match="DATACLOUD_SPARK_CONNECT_SLOTS must be a whole number >= 1"):
+        spark.connect_slots()
+
+
+def test_connect_url_comes_from_the_providers_connection(monkeypatch):
+    import json
+
+    from datacloud.errors import UserError
+
+    conn = {"conn_type": "spark_connect", "host": "sc://127.0.0.1", "port": 15099}
+    monkeypatch.setenv("AIRFLOW_CONN_DATACLOUD_SPARK_CONNECT", json.dumps(conn))
+    assert spark.connect_url() == "sc://127.0.0.1:15099/"
+    monkeypatch.delenv("AIRFLOW_CONN_DATACLOUD_SPARK_CONNECT")
+    with pytest.raises(UserError, match="the connection datacloud_spark_connect is not defined; create it"):
+        spark.connect_url()
+
+
+def test_a_lost_connect_server_is_recognised_and_other_errors_are_not():
+    class RpcDouble(Exception):
+        """Stands in for grpc's finished-RPC error: code() and details()."""
+
+        def code(self):
+            import grpc
+
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return "failed to connect to all addresses"
+
+    try:
+        try:
+            raise RpcDouble("<_MultiThreadedRendezvous of RPC that terminated with ...>")
+        except RpcDouble as inner:
+            raise RuntimeError("<_MultiThreadedRendezvous of RPC ...>") from inner
+    except RuntimeError as outer:
+        lost = outer
+    assert spark.connect_lost(lost)
+    assert spark._reason(lost) == "gRPC UNAVAILABLE: failed to connect to all addresses"
+    assert spark.connect_lost(
+        RuntimeError("[INVALID_HANDLE.SESSION_CHANGED] The existing Spark server driver instance has restarted.")
+    )
+    assert not spark.connect_lost(ValueError("[UNRESOLVED_COLUMN.WITH_SUGGESTION] A column `carier` cannot be resolved."))

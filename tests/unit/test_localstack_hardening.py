@@ -25,6 +25,7 @@ def _started(stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> d
     binary = tmp_path / "ferretdb"
     binary.touch()
     monkeypatch.setattr(localstack, "ferretdb_binary", lambda: binary)
+    monkeypatch.setattr(localstack, "spark_jars", lambda: [tmp_path / "mongo-spark-connector.jar"])
     monkeypatch.setattr(localstack, "port_open", lambda *a, **k: False)
     monkeypatch.setattr(Stack, "_start", lambda self, name, argv, env, cwd=None: started.setdefault(name, (argv, env)))
     monkeypatch.setattr(Stack, "_wait", lambda *a, **k: None)
@@ -37,13 +38,19 @@ def _started(stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> d
 
 def test_every_service_of_the_stack_binds_loopback(stack: Stack, monkeypatch, tmp_path: Path) -> None:
     started = _started(stack, monkeypatch, tmp_path)
-    assert set(started) == {"ferretdb", "spark-master", "spark-worker", "airflow"}
+    assert set(started) == {"ferretdb", "spark-connect", "spark-master", "spark-worker", "airflow"}
     ferret_argv = started["ferretdb"][0]
     assert f"--listen-addr=127.0.0.1:{stack.mongo_port}" in ferret_argv and "--debug-addr=-" in ferret_argv
     for name in ("spark-master", "spark-worker"):
         argv, env = started[name]
         assert argv[argv.index("--host") + 1] == "127.0.0.1", name
         assert env["SPARK_LOCAL_IP"] == "127.0.0.1", name  # the Spark web UIs bind to SPARK_LOCAL_IP
+    connect_argv, connect_env = started["spark-connect"]
+    assert "spark.connect.grpc.binding.address=127.0.0.1" in connect_argv  # Spark Connect's default is every address
+    assert f"spark.connect.grpc.binding.port={stack.connect_port}" in connect_argv
+    assert "spark.connect.grpc.port.maxRetries=0" in connect_argv  # the recorded port or fail, never a neighbour
+    assert "spark.ui.enabled=false" in connect_argv
+    assert connect_env["SPARK_LOCAL_IP"] == "127.0.0.1"
     airflow_env = started["airflow"][1]
     assert airflow_env["AIRFLOW__API__HOST"] == "127.0.0.1"  # the API server's default is 0.0.0.0
     assert airflow_env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST"] == "127.0.0.1"
@@ -108,3 +115,42 @@ def test_dev_env_prints_no_password(stack: Stack, monkeypatch, capsys) -> None:
     passwords = json.loads(stack.password_file.read_text())
     assert passwords and all(p not in out for p in passwords.values())
     assert "AIRFLOW_CONN_DATACLOUD_AIRFLOW_API" not in out and "export AIRFLOW_HOME=" in out
+
+
+def test_the_connect_server_is_one_bounded_jvm_with_the_connector(stack: Stack, monkeypatch, tmp_path: Path) -> None:
+    started = _started(stack, monkeypatch, tmp_path)
+    argv, _ = started["spark-connect"]
+    assert argv[0].endswith("/bin/spark-submit")
+    assert argv[argv.index("--class") + 1] == "org.apache.spark.sql.connect.service.SparkConnectServer"
+    assert argv[argv.index("--master") + 1] == "local[2]"
+    assert argv[argv.index("--driver-memory") + 1] == localstack.CONNECT_MEMORY == "2g"
+    assert argv[argv.index("--jars") + 1] == str(tmp_path / "mongo-spark-connector.jar")
+
+
+def test_the_connect_port_is_chosen_once_and_recorded(stack: Stack, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(localstack, "port_open", lambda *a, **k: False)
+    monkeypatch.setenv("DATACLOUD_DATA_DIR", str(stack.data_dir))  # the developer's own stack prefers 15002
+    assert stack.connect_port == 15002  # before the first start: the port it would take
+    assert stack._choose_connect_port() == 15002
+    assert stack.connect_port_file.read_text().strip() == "15002"
+    other = Stack(data_dir=tmp_path / "other")  # any other stack (tests) takes a free port
+    chosen = other._choose_connect_port()
+    assert chosen != 15002 and other.connect_port == chosen
+    assert Stack(data_dir=tmp_path / "other").connect_port == chosen  # recorded: ./dev env and a restart agree
+    monkeypatch.setattr(localstack, "port_open", lambda *a, **k: True)
+    monkeypatch.setattr(localstack.time, "sleep", lambda s: None)
+    with pytest.raises(localstack.UserError, match=f"port {chosen} \\(recorded in .*spark-connect.port\\) is already in use"):
+        other._choose_connect_port()
+
+
+def test_the_stack_makes_the_spark_connect_connection_and_targets_it(stack: Stack, monkeypatch) -> None:
+    monkeypatch.delenv("DATACLOUD_SPARK_TARGET", raising=False)
+    env = stack.env()
+    conn = json.loads(env["AIRFLOW_CONN_DATACLOUD_SPARK_CONNECT"])
+    assert conn == {"conn_type": "spark_connect", "host": "sc://127.0.0.1", "port": stack.connect_port}
+    assert env["DATACLOUD_SPARK_TARGET"] == "connect"
+    monkeypatch.setenv("DATACLOUD_SPARK_TARGET", "local")  # the user's choice wins
+    assert stack.env()["DATACLOUD_SPARK_TARGET"] == "local"
+    monkeypatch.setenv("DATACLOUD_SPARK_TARGET", "yarn")
+    with pytest.raises(localstack.UserError, match="DATACLOUD_SPARK_TARGET must be one of connect, local"):
+        stack.env()
