@@ -52,6 +52,8 @@ HOSTILE = {
     "a field nested 900 deep": _line({**GOOD, "tailnum": json.loads("[" * 900 + "]" * 900)}),
     "a line over the document limit": _line({**GOOD, "tailnum": "N" * (MONGO_DOCUMENT_LIMIT + 10)}),
     "a very long string value": _line({**GOOD, "carrier": "\u00e9" * 20_000}),
+    "a distance over 64 bits (BSON cannot hold it)": _line({**GOOD, "flight": 7, "distance": 2**64}),
+    "an air time over 64 bits": _line({**GOOD, "flight": 8, "air_time": 10**30}),
 }
 
 

@@ -69,6 +69,7 @@ DOC_FIELDS = (
 )
 
 MAX_EARLY = -24 * 60
+INT64_MAX = 2**63 - 1  # BSON holds no larger integer
 MAX_LATE = 48 * 60
 _IATA = re.compile(r"[A-Z]{3}")
 _CARRIER = re.compile(r"[A-Z0-9]{2}")
@@ -176,6 +177,9 @@ def validate_flight(record: Any, day: date, carriers: frozenset[str] | set[str])
         reasons.append(f"distance must be > 0 miles (got {v['distance']})")
     if v.get("air_time") is not None and v["air_time"] < 0:
         reasons.append(f"air_time must be >= 0 minutes (got {v['air_time']})")
+    for name in ("distance", "air_time"):  # the only numbers without an upper bound above
+        if v.get(name) is not None and v[name] > INT64_MAX:
+            reasons.append(f"{name} is too large to store (over 64 bits: {_show(v[name])})")
     for name in ("sched_dep_time", "sched_arr_time", "dep_time", "arr_time"):
         if v.get(name) is not None:
             _clock(name, v[name], reasons)
@@ -276,3 +280,151 @@ def check_stored(doc: dict[str, Any], day: date, carriers: frozenset[str] | set[
     if differ:
         return [f"field{'s' if len(differ) > 1 else ''} {', '.join(differ)} not as validation makes them"]
     return []
+
+
+# --- the same rules over a block of lines at once -------------------------------------------
+#
+# ``accept_block`` is the fast path of ingest: pyarrow parses a block of lines with a
+# strict schema (every column typed, no other field, no key twice) and numpy checks
+# every rule above for all rows at once. It only *accepts*: a row that passes every
+# rule becomes the same document ``validate_flight`` makes; any other row (a value out
+# of range, a null where a value is needed, an integral float, an escaped key, ...) is
+# handed back as None, and the caller checks it with ``validate_flight`` itself, so
+# every reason still comes from the rules above, word for word. A block that pyarrow
+# cannot read as plain rows (a line that is not strict JSON, a field of another type,
+# an unknown field, invalid UTF-8, two objects on a line) is refused as a whole (None).
+
+_PRESENT = (*NULLABLE_INT_FIELDS, "tailnum")  # null and absent look alike in a table; the text tells
+_IATA_RE2 = r"\A[A-Z]{3}\z"
+_TAILNUM_RE2 = r"\A[A-Z0-9]{1,10}\z"
+
+
+@functools.cache
+def _block_parse_options():
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    ints = (*INT_FIELDS, *NULLABLE_INT_FIELDS, *OPTIONAL_INT_FIELDS)
+    schema = pa.schema([(k, pa.int64()) for k in ints] + [(k, pa.string()) for k in (*STR_FIELDS, "tailnum")])
+    return pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error", newlines_in_values=False)
+
+
+def _clocks(values, null=None):
+    ok = (values >= 0) & (values <= 2400) & (values % 100 < 60)
+    return ok if null is None else null | ok
+
+
+def accept_block(bodies: list[bytes], day: date, carriers: frozenset[str] | set[str]) -> list[dict[str, Any] | None] | None:
+    """Per line, the document when the record passes every rule, else None; None when the block is not plain rows.
+
+    ``bodies`` are lines without their newline, each one JSON object (``{`` .. ``}``).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    buf = b"\n".join(bodies) + b"\n"
+    try:
+        buf.decode("utf-8")  # the per-record path refuses the whole line for any invalid byte
+        table = pj.read_json(
+            pa.BufferReader(buf),
+            read_options=pj.ReadOptions(use_threads=False, block_size=len(buf) + 1),
+            parse_options=_block_parse_options(),
+        ).combine_chunks()
+    except (pa.ArrowException, ValueError):  # ArrowInvalid, UnicodeDecodeError: not plain rows
+        return None
+    if table.num_rows != len(bodies):  # a line held more than one object
+        return None
+
+    def ints(name):
+        col = table.column(name)
+        return col.fill_null(0).to_numpy(), col.is_null().to_numpy(zero_copy_only=False)
+
+    def strings(col, pattern):
+        return pc.match_substring_regex(col, pattern).fill_null(False).to_numpy(zero_copy_only=False)
+
+    ok = np.ones(table.num_rows, dtype=bool)
+    v: dict[str, Any] = {}
+    null: dict[str, Any] = {}
+    for name in (*INT_FIELDS, *NULLABLE_INT_FIELDS, *OPTIONAL_INT_FIELDS):
+        v[name], null[name] = ints(name)
+        if name not in NULLABLE_INT_FIELDS:
+            ok &= ~null[name]
+
+    ok &= (v["year"] == day.year) & (v["month"] == day.month) & (v["day"] == day.day)
+    ok &= (v["flight"] >= 1) & (v["flight"] <= 9999) & (v["distance"] > 0)
+    ok &= null["air_time"] | (v["air_time"] >= 0)
+    ok &= _clocks(v["sched_dep_time"]) & _clocks(v["sched_arr_time"])
+    ok &= _clocks(v["dep_time"], null["dep_time"]) & _clocks(v["arr_time"], null["arr_time"])
+    for name in ("dep_delay", "arr_delay"):
+        ok &= null[name] | ((v[name] >= MAX_EARLY) & (v[name] <= MAX_LATE))
+    allowed = sorted(c for c in carriers if isinstance(c, str) and _CARRIER.fullmatch(c))
+    ok &= (
+        pc.is_in(table.column("carrier"), value_set=pa.array(allowed, pa.string()))
+        .fill_null(False)
+        .to_numpy(zero_copy_only=False)
+    )
+    ok &= strings(table.column("origin"), _IATA_RE2) & strings(table.column("dest"), _IATA_RE2)
+    tail = table.column("tailnum")
+    null["tailnum"] = tail.is_null().to_numpy(zero_copy_only=False)
+    ok &= null["tailnum"] | strings(tail, _TAILNUM_RE2)
+    for name in _PRESENT:  # a null may be an absent key (a reason): such a row must name it in its text,
+        key = f'"{name}"'.encode()  # where, all its strings being codes, that can only be the key
+        for i in np.flatnonzero(ok & null[name]).tolist():
+            ok[i] = key in bodies[i]
+
+    # Consistency, on rows that passed so far (others are zeroed: no overflow on garbage).
+    z = {k: np.where(ok, a, 0) for k, a in v.items()}
+
+    def minutes(a):
+        return (a // 100) * 60 + a % 100
+
+    ok &= null["dep_time"] == null["dep_delay"]
+    ok &= null["dep_time"] | ((minutes(z["dep_time"]) - minutes(z["sched_dep_time"]) - z["dep_delay"]) % 1440 == 0)
+    ok &= null["arr_delay"] | (
+        ~null["arr_time"] & ((minutes(z["arr_time"]) - minutes(z["sched_arr_time"]) - z["arr_delay"]) % 1440 == 0)
+    )
+    ok &= null["arr_time"] | ~null["dep_time"]
+    hour, minute = z["sched_dep_time"] // 100, z["sched_dep_time"] % 100
+    ok &= (hour <= 23) & (z["hour"] == hour) & (z["minute"] == minute)  # 2400 (hour 24) goes the long way
+    hours = np.where(ok, hour, 0)
+    stamps = [_scheduled_hour_utc(day, h) for h in range(24)]
+    expected = pa.array([f"{s:%Y-%m-%dT%H:%M:%SZ}" for s in stamps]).take(pa.array(hours))
+    ok &= pc.equal(table.column("time_hour"), expected).fill_null(False).to_numpy(zero_copy_only=False)
+
+    out: list[dict[str, Any] | None] = [None] * table.num_rows
+    rows = np.flatnonzero(ok)
+    if not rows.size:
+        return out
+    picked = table.take(pa.array(rows))
+    cols = {k: picked.column(k).to_pylist() for k in DOC_FIELDS if k not in ("date", "time_hour")}
+    naive = [s.replace(tzinfo=None) for s in stamps]  # naive UTC: what pymongo returns by default
+    iso = day.isoformat()
+    for i, year, month, dd, carrier, flight, tailnum, origin, dest, sdep, dep, ddel, sarr, arr, adel, air, dist, hh, mm in zip(
+        rows.tolist(), *(cols[k] for k in DOC_FIELDS if k in cols), strict=True
+    ):
+        out[i] = {
+            "_id": flight_id(year, month, dd, carrier, flight, origin, sdep),
+            "date": iso,
+            "year": year,
+            "month": month,
+            "day": dd,
+            "carrier": carrier,
+            "flight": flight,
+            "tailnum": tailnum,
+            "origin": origin,
+            "dest": dest,
+            "sched_dep_time": sdep,
+            "dep_time": dep,
+            "dep_delay": ddel,
+            "sched_arr_time": sarr,
+            "arr_time": arr,
+            "arr_delay": adel,
+            "air_time": air,
+            "distance": dist,
+            "hour": hh,
+            "minute": mm,
+            "time_hour": naive[hh],
+        }
+    return out
