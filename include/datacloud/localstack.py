@@ -523,21 +523,22 @@ class Stack:
 
 def connect_query_ok(url: str, timeout_s: float = 20) -> bool:
     """True when the Connect server at URL answers ``spark.range(1).count()`` (one short session, released)."""
-    from datacloud.spark import connect_session
+    from datacloud.spark import _connect_mode, connect_session
 
-    try:
-        session = connect_session(url, deadline_s=timeout_s)
-    except Exception:  # noqa: BLE001 - not up yet: the caller waits and asks again
-        return False
-    try:
-        return session.range(1).count() == 1
-    except Exception:  # noqa: BLE001
-        return False
-    finally:
+    with _connect_mode():  # and nothing of it left in this process's environment (airflow inherits it)
         try:
-            session.stop()
-        except Exception:  # noqa: BLE001, S110 - a session that cannot be released expires on the server
-            pass
+            session = connect_session(url, deadline_s=timeout_s)
+        except Exception:  # noqa: BLE001 - not up yet: the caller waits and asks again
+            return False
+        try:
+            return session.range(1).count() == 1
+        except Exception:  # noqa: BLE001
+            return False
+        finally:
+            try:
+                session.stop()
+            except Exception:  # noqa: BLE001, S110 - a session that cannot be released expires on the server
+                pass
 
 
 def process_start_time(pid: int) -> str | None:

@@ -315,7 +315,8 @@ def connect_session(url: str, *, deadline_s: float = CONNECT_RETRY_S):
     from pyspark.sql import SparkSession
     from pyspark.sql.connect.client.retries import DefaultPolicy
 
-    session = SparkSession.builder.remote(url).create()
+    with _connect_mode():  # create() sets SPARK_CONNECT_MODE_ENABLED for good; this takes it back after
+        session = SparkSession.builder.remote(url).create()
     # 0.2, 0.4, ... 3.2 s between tries (6.2 s), then 4 s each: about deadline_s in all.
     tries = 5 + max(0, int((deadline_s - 6.2) // 4))
     session.client.set_retry_policies(
@@ -374,6 +375,7 @@ def run_connect(day: str, landing_root: Path, uri: str, database: str, url: str)
         session = None
         try:
             session = connect_session(url)
+            log.info("Spark | connect session %s on %s for %s", session.session_id, url, day)
             landing_day = str(Path(landing_root) / "flights" / f"date={day}")
             result = _job_module().run(session, day, landing_day, uri, database)
         except Exception as exc:
