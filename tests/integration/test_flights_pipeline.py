@@ -26,10 +26,11 @@ import pymongo
 import pytest
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
+from pymongo import monitoring
 
 from datacloud.config import REPO_ROOT
 from datacloud.pipelines import flights
-from datacloud.pipelines.ingest import MongoUnreachable, connect
+from datacloud.pipelines.ingest import MARKS, Mongo, MongoUnreachable, connect
 from datacloud.pipelines.validation import NATURAL_KEY
 
 DAY1 = date(2013, 1, 1)  # 842 departures
@@ -472,3 +473,101 @@ def test_quality_gates_catch_broken_days(ferretdb, tmp_path, monkeypatch, case, 
 
     message = _gated_day(_db_uri(ferretdb), tmp_path, monkeypatch, lines, tamper, max_rejected_share=share)
     assert expected in message
+
+
+# --- a day no ingest has written: inserted without reading the day (issue 13, item 5) ---------
+
+
+class _Finds(monitoring.CommandListener):
+    """A pymongo command listener: the ``find`` commands sent to ``flights``."""
+
+    def __init__(self) -> None:
+        self.filters: list[dict] = []
+
+    def started(self, event) -> None:
+        if event.command_name == "find" and event.command.get("find") == flights.FLIGHTS:
+            self.filters.append(dict(event.command.get("filter") or {}))
+
+    def succeeded(self, event) -> None:
+        pass
+
+    def failed(self, event) -> None:
+        pass
+
+
+def _watched(uri: str) -> tuple[Mongo, _Finds]:
+    finds = _Finds()
+    return Mongo(pymongo.MongoClient(uri, event_listeners=[finds]), uri, uri.rsplit("/", 1)[1]), finds
+
+
+def test_a_new_day_is_inserted_without_reading_the_day_and_a_rerun_reads_it(ferretdb, tmp_path, monkeypatch):
+    """On FerretDB reading a day scans the whole collection; a day never written has nothing to compare with."""
+    monkeypatch.setenv("DATACLOUD_DATA_DIR", str(tmp_path / "data"))
+    flights.land(DAY1)
+    flights.land(DAY2)
+    mongo, finds = _watched(_db_uri(ferretdb))
+    first = flights.ingest(DAY1, "r1", mongo)
+    second = flights.ingest(DAY2, "r1", mongo)
+    assert (first["upserted"], first["unchanged"], first["removed"]) == (842, 0, 0)
+    assert (second["upserted"], second["unchanged"], second["removed"]) == (943, 0, 0)
+    assert [f for f in finds.filters if "date" in f] == []  # the days were never read
+    assert mongo.db.flights.count_documents({"date": DAY1.isoformat()}) == 842
+    marks = sorted(d["_id"] for d in mongo.db[MARKS].find())
+    assert marks == sorted(
+        [f"{c}/{d}" for c in (flights.FLIGHTS, flights.REJECTED) for d in (DAY1.isoformat(), DAY2.isoformat())]
+        + [f"{flights.FLIGHTS}/since-empty", f"{flights.REJECTED}/since-empty"]
+    )
+    again = flights.ingest(DAY1, "r2", mongo)
+    assert (again["upserted"], again["unchanged"], again["removed"]) == (0, 842, 0)
+    assert [f for f in finds.filters if "date" in f] == [{"date": DAY1.isoformat()}]  # a re-run compares with the documents
+
+
+def test_a_new_day_that_meets_documents_already_there_is_read_and_converges(ferretdb, tmp_path, monkeypatch):
+    """An id of the day taken already (by another writer) makes the first ingest compare the day after all."""
+    monkeypatch.setenv("DATACLOUD_DATA_DIR", str(tmp_path / "data"))
+    flights.land(DAY1)
+    flights.land(DAY2)
+    uri = _db_uri(ferretdb)
+    reference, _ = _watched(uri.rsplit("_", 1)[0] + "_ref" + uuid.uuid4().hex[:6])
+    flights.ingest(DAY1, "ref", reference)
+    expected = _snapshot(reference.db)[flights.FLIGHTS]
+    mongo, finds = _watched(uri)
+    flights.ingest(DAY2, "r1", mongo)  # the collection is marked since it was empty
+    taken = sorted(expected)[5]
+    mongo.db.flights.insert_one({"_id": taken, "date": DAY1.isoformat(), "tailnum": "N666XX"})  # not what the file says
+    mongo.db.flights.insert_one({"_id": "2013-01-01/ZZ/1/EWR/0500", "date": DAY1.isoformat()})  # a stray of the day
+    counts = flights.ingest(DAY1, "r1", mongo)
+    assert (counts["upserted"], counts["unchanged"], counts["removed"]) == (842, 0, 1)
+    assert {k: v for k, v in _snapshot(mongo.db)[flights.FLIGHTS].items() if k.startswith("2013-01-01/")} == expected
+    assert {"date": DAY1.isoformat()} in finds.filters
+
+
+def test_documents_from_before_the_marks_make_every_day_read(ferretdb, tmp_path, monkeypatch):
+    """A collection loaded before ingest marked its days (an earlier version, another writer): every day is compared."""
+    monkeypatch.setenv("DATACLOUD_DATA_DIR", str(tmp_path / "data"))
+    flights.land(DAY1)
+    mongo, finds = _watched(_db_uri(ferretdb))
+    mongo.db.flights.insert_one({"_id": "2013-01-01/ZZ/1/EWR/0500", "date": DAY1.isoformat()})  # no mark, no since-empty
+    counts = flights.ingest(DAY1, "r1", mongo)
+    assert (counts["upserted"], counts["unchanged"], counts["removed"]) == (842, 0, 1)
+    assert {"date": DAY1.isoformat()} in finds.filters
+    assert mongo.db[MARKS].find_one({"_id": f"{flights.FLIGHTS}/since-empty"}) is None
+
+
+def test_a_stray_written_into_a_day_never_ingested_fails_the_gates_and_the_rerun_removes_it(ferretdb, tmp_path, monkeypatch):
+    """The one case the first write cannot see (a foreign document under an id not in the file): the gates can."""
+    from datacloud.pipelines import quality
+
+    monkeypatch.setenv("DATACLOUD_DATA_DIR", str(tmp_path / "data"))
+    flights.land(DAY1)
+    flights.land(DAY2)
+    mongo, _ = _watched(_db_uri(ferretdb))
+    flights.ingest(DAY2, "r1", mongo)
+    stray = {**mongo.db.flights.find_one({"date": DAY2.isoformat()}), "_id": "2013-01-01/UA/1/EWR/0515", "date": "2013-01-01"}
+    mongo.db.flights.insert_one(stray)
+    counts = flights.ingest(DAY1, "r1", mongo)
+    assert (counts["upserted"], counts["removed"]) == (842, 0)  # inserted without reading: the stray is still there
+    measured = quality.measure(DAY1, mongo)
+    assert f"MongoDB holds 843 flights for {DAY1} but 842 good rows were landed." in quality.evaluate(measured, 0.01)
+    again = flights.ingest(DAY1, "r2", mongo)
+    assert (again["upserted"], again["unchanged"], again["removed"]) == (0, 842, 1)

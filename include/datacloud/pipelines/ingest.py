@@ -8,7 +8,9 @@ Airflow, or when that connection is not defined, ``DATACLOUD_MONGO_URI`` is used
 set, writing only new or changed documents in unordered bulk writes of a batch
 size, and deleting the day's documents that are gone; what is "new or changed"
 is decided against the stored documents, so a re-run also repairs documents
-changed or deleted in MongoDB. Because every ``_id`` is deterministic, a run
+changed or deleted in MongoDB. A day no ingest has written yet (``first_write``,
+marked in ``ingest_marks``) has nothing to compare with and is inserted without
+that read, which on FerretDB scans the whole collection. Because every ``_id`` is deterministic, a run
 killed mid-batch leaves a subset of the right documents and the next run
 completes it; a second run writes nothing and reports every document unchanged.
 """
@@ -32,6 +34,7 @@ from datacloud.errors import TransientError, UserError
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1000
+MARKS = "ingest_marks"  # the days ingest has begun to write, per collection (see first_write)
 
 
 def server_selection_ms() -> int:
@@ -153,8 +156,80 @@ def sync_day(collection, day: str, docs: list[dict[str, Any]], batch_size: int =
     strays written by hand) are deleted. So a re-run repairs whatever happened
     to the day in MongoDB. An insert that meets a duplicate key (a concurrent
     writer) is retried as an upsert, so the outcome equals upserting everything.
-    On FerretDB the read costs one collection scan, like a count (see docs/pipeline.md).
+
+    The one exception is a day that no ingest has ever written (``first_write``):
+    there is nothing of ours to compare with, so its documents are inserted
+    without reading the day (on FerretDB that read is a scan of the whole
+    collection, see docs/pipeline.md); if one of them meets a document already
+    there, the day is read and converged as above after all.
     """
+    if first_write(collection, day):
+        counts, clashed = _insert_new(collection, docs, batch_size)
+        if not clashed:
+            return counts
+        log.info("Ingest | %s %s: %d documents were there already; comparing the day", collection.name, day, clashed)
+        after = _converge(collection, day, docs, batch_size)
+        return SyncCounts(counts.upserted + after.upserted, after.unchanged - counts.upserted, after.removed)
+    return _converge(collection, day, docs, batch_size)
+
+
+def first_write(collection, day: str) -> bool:
+    """Whether ingest has never written ``day`` into ``collection``; marks the day as written from now on.
+
+    ``ingest_marks`` holds ``<collection>/<day>`` for every day ingest has begun to
+    write (marked before its first document) and ``<collection>/since-empty``, set
+    while the collection was still empty: from then on every day holding documents
+    written by ingest is marked. A collection with documents but without that mark
+    (loaded by an earlier version, or by another writer) never has a first write:
+    each of its days is read. Every lookup is by ``_id``: cheap on MongoDB and FerretDB.
+    """
+    from pymongo.errors import DuplicateKeyError
+
+    marks = collection.database[MARKS]
+    key = f"{collection.name}/{day}"
+    if marks.find_one({"_id": key}, {"_id": 1}) is not None:
+        return False
+    since = f"{collection.name}/since-empty"
+    if marks.find_one({"_id": since}, {"_id": 1}) is None:
+        if collection.find_one({}, {"_id": 1}) is not None:
+            return False  # documents from before the marks: this day may hold some
+        with contextlib.suppress(DuplicateKeyError):  # another run marked it first
+            marks.insert_one({"_id": since, "collection": collection.name})
+    try:
+        marks.insert_one({"_id": key, "collection": collection.name, "date": day})
+    except DuplicateKeyError:
+        return False  # another run of the day began meanwhile
+    return True
+
+
+def _insert_new(collection, docs: list[dict[str, Any]], batch_size: int) -> tuple[SyncCounts, int]:
+    """Insert ``docs`` in unordered batches; returns the counts and how many ids were taken already."""
+    from pymongo import InsertOne
+    from pymongo.errors import BulkWriteError
+
+    counts = SyncCounts()
+    clashed = 0
+    for n, batch in enumerate(_batches(docs, batch_size), 1):
+        try:
+            collection.bulk_write([InsertOne(d) for d in batch], ordered=False)
+            written = len(batch)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            others = [e for e in errors if e.get("code") != 11000]
+            if others:
+                raise TransientError(
+                    f"{collection.name}: {len(others)} of {len(batch)} writes failed in batch {n}; "
+                    f"first: {str(others[0].get('errmsg'))[:300]}"
+                ) from None
+            clashed += len(errors)
+            written = len(batch) - len(errors)
+        counts.upserted += written
+        log.info("Ingest | %s batch %d: %d documents written", collection.name, n, written)
+    return counts, clashed
+
+
+def _converge(collection, day: str, docs: list[dict[str, Any]], batch_size: int) -> SyncCounts:
+    """The day read once and compared by digest: write what is missing or different, delete what is not in ``docs``."""
     from pymongo import DeleteMany, InsertOne, ReplaceOne
 
     stored = stored_digests(collection, day)
