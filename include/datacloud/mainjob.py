@@ -80,7 +80,13 @@ def backfill(
         for existing in api._request("GET", f"/api/v2/backfills?dag_id={DAG_ID}&limit=100")["backfills"]:
             if not existing.get("completed_at"):
                 log.info("Run | waiting for backfill %s that is still running", existing["id"])
-                wait_backfill(api, existing["id"], stack=stack)
+                try:
+                    wait_backfill(api, existing["id"], stack=stack)
+                except UserError as exc:
+                    # A backfill whose creation answered 503 is rolled back: listed a moment, then gone.
+                    if "answered 404" not in str(exc):
+                        raise
+                    log.info("Run | backfill %s was rolled back", existing["id"])
         ensure_scheduler(stack, api)
         try:
             return api._request("POST", "/api/v2/backfills", body)

