@@ -31,6 +31,7 @@ FIRST = date(2013, 1, 1)
 LAST = date(2013, 1, 7)
 TIMEOUT_S = 1800  # at the least; a longer range gets TIMEOUT_PER_DAY_S more per day
 TIMEOUT_PER_DAY_S = 30
+CHUNK_DAYS = 31  # days per backfill (see chunks())
 _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -56,6 +57,23 @@ def parse_range(first: str | None, last: str | None) -> tuple[date, date]:
     if end < start:
         raise UserError(f"--to {end} is before --from {start}; give the first day first.")
     return start, end
+
+
+def chunks(first: date, last: date, size: int | None = None) -> list[tuple[date, date]]:
+    """[first, last] in backfills of at most CHUNK_DAYS days, one after the other.
+
+    Airflow creates a backfill's runs in one transaction; on the local stack's SQLite a
+    year's 365 runs hold the write lock so long that the API answers 503 every time
+    (seen: it gets ~40 runs in, then "database is locked"), and a DAG has one backfill at a time.
+    """
+    size = size or CHUNK_DAYS
+    out = []
+    start = first
+    while start <= last:
+        end = min(last, start + timedelta(days=size - 1))
+        out.append((start, end))
+        start = end + timedelta(days=1)
+    return out
 
 
 def _days(first: date, last: date) -> list[str]:
@@ -258,14 +276,16 @@ def run(first: date = FIRST, last: date = LAST) -> int:
     days = _days(first, last)
     target = stack.spark_target
     started = time.monotonic()
-    created = backfill(api, first, last, max_active_runs=spark.max_active_runs(target), stack=stack)
-    print(
-        f"backfill {created['id']} of {DAG_ID}: {first} .. {last}, {len(days)} day(s), Spark target {target} "
-        "(reprocessing finished days)",
-        flush=True,
-    )
-    timeout = max(TIMEOUT_S, TIMEOUT_PER_DAY_S * len(days))
-    wait_backfill(api, created["id"], timeout=timeout, stack=stack, first=first, last=last)
+    for chunk_first, chunk_last in chunks(first, last):
+        created = backfill(api, chunk_first, chunk_last, max_active_runs=spark.max_active_runs(target), stack=stack)
+        n = (chunk_last - chunk_first).days + 1
+        print(
+            f"backfill {created['id']} of {DAG_ID}: {chunk_first} .. {chunk_last}, {n} day(s), Spark target {target} "
+            "(reprocessing finished days)",
+            flush=True,
+        )
+        timeout = max(TIMEOUT_S, TIMEOUT_PER_DAY_S * n)
+        wait_backfill(api, created["id"], timeout=timeout, stack=stack, first=chunk_first, last=chunk_last)
     backfill_s = time.monotonic() - started
     runs = _week_runs(api, first, last)
     failed = {d: r for d, r in runs.items() if r["state"] != "success"}

@@ -111,3 +111,16 @@ def test_status_lists_the_connect_server(tmp_path: Path, monkeypatch, capsys) ->
     out = capsys.readouterr().out
     assert "spark-connect  stopped" in out and "sc://127.0.0.1:15123" in out
     assert "flights transform target: connect" in out
+
+
+def test_a_long_range_is_backfilled_in_chunks_that_sqlite_accepts() -> None:
+    from datetime import date
+
+    from datacloud import mainjob
+
+    year = mainjob.chunks(date(2013, 1, 1), date(2013, 12, 31))
+    assert len(year) == 12 and all((b - a).days + 1 <= mainjob.CHUNK_DAYS for a, b in year)
+    assert year[0] == (date(2013, 1, 1), date(2013, 1, 31)) and year[-1][1] == date(2013, 12, 31)
+    assert sum((b - a).days + 1 for a, b in year) == 365
+    assert all(year[i][1].toordinal() + 1 == year[i + 1][0].toordinal() for i in range(len(year) - 1))  # no gap
+    assert mainjob.chunks(date(2013, 1, 1), date(2013, 1, 7)) == [(date(2013, 1, 1), date(2013, 1, 7))]
