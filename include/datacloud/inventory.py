@@ -135,6 +135,7 @@ class Ssh(_Model):
 
 
 REPO_URL = re.compile(r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:[0-9]{1,5})?(/[A-Za-z0-9._~%/+-]*)?$")
+OPENPGP_FINGERPRINT = re.compile(r"^[0-9A-F]{40}$|^[0-9A-F]{64}$")
 APT_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$|^\./$")
 
 
@@ -151,6 +152,10 @@ class Packages(_Model):
     suite: str = "./"
     components: list[str] = Field(default_factory=list)
     trusted: bool = False  # [trusted=yes]: an unsigned repository on your own network
+    # The key that signs the repository and its OpenPGP fingerprint: node_prep fetches the
+    # key and installs nothing unless it is exactly that one key.
+    apt_key_url: str | None = None
+    apt_key_fingerprint: str | None = None
     # One Helm chart repository that mirrors every chart the platform installs
     # (None: each chart's upstream repository, reached through the gateway).
     chart_repository: str | None = None
@@ -164,6 +169,29 @@ class Packages(_Model):
     @classmethod
     def _repo(cls, v: str | None) -> str | None:
         return None if v is None else _check(REPO_URL, v, "an http(s) URL like http://10.0.0.1:8000/debian")
+
+    @field_validator("apt_key_url")
+    @classmethod
+    def _key_url(cls, v: str | None) -> str | None:
+        return None if v is None else _check(REPO_URL, v, "an http(s) URL like http://10.0.0.1:8000/debian/key.asc")
+
+    @field_validator("apt_key_fingerprint")
+    @classmethod
+    def _fingerprint(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        compact = v.replace(" ", "").upper() if isinstance(v, str) else v
+        return _check(OPENPGP_FINGERPRINT, compact, "an OpenPGP fingerprint of 40 (or 64) hex digits")
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> Packages:
+        if self.apt_key_url is not None and self.repository is None:
+            raise ValueError("apt_key_url is the key of packages.repository; set the repository too")
+        if (self.apt_key_url is None) != (self.apt_key_fingerprint is None):
+            raise ValueError("apt_key_url and apt_key_fingerprint go together; set both or neither")
+        if self.apt_key_url is not None and self.trusted:
+            raise ValueError("a repository with a pinned key is not trusted: yes; drop trusted")
+        return self
 
     @field_validator("suite")
     @classmethod

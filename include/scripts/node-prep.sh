@@ -8,7 +8,9 @@
 #   K8S_PKG_VERSION    e.g. 1.34.2-1.1
 #   SANDBOX_IMAGE      e.g. registry.k8s.io/pause:3.10.1
 #   APT_SOURCE         the complete apt source line of the package repository
-#   APT_KEY_URL        key of that repository (empty: none, or trusted)
+#   APT_KEY            the repository's key, base64 of its OpenPGP packets, already checked
+#                      against its pinned fingerprint by datacloud (empty: none, or trusted)
+#   APT_KEY_FINGERPRINT  that fingerprint (for the log)
 #   CGROUP_DRIVER      systemd | cgroupfs (containerd's runc SystemdCgroup follows it)
 #   RESTRICT_OOM_SCORE_ADJ  1: containerd's CRI restrict_oom_score_adj (no CAP_SYS_RESOURCE)
 #   REGISTRY_MIRRORS   one line per upstream registry: "HOST URL [URL...]" (hosts.toml files)
@@ -16,7 +18,7 @@
 # shellcheck shell=bash
 # (lib.sh is prepended by datacloud.remote: log, fact, change, ensure_file, pkg_version)
 : "${K8S_PKG_VERSION:?}" "${SANDBOX_IMAGE:?}" "${APT_SOURCE:?}"
-APT_KEY_URL="${APT_KEY_URL:-}"
+APT_KEY="${APT_KEY:-}" APT_KEY_FINGERPRINT="${APT_KEY_FINGERPRINT:-}"
 KEYRING=/etc/apt/keyrings/datacloud-kubernetes.gpg
 
 # --- swap -------------------------------------------------------------------
@@ -60,12 +62,14 @@ if [ -n "$(ls -A /var/lib/dpkg/updates 2>/dev/null)" ]; then
   change "finish an interrupted dpkg run (dpkg --configure -a)" && dpkg --configure -a
 fi
 need_update=0
-if [ -n "$APT_KEY_URL" ] && [ ! -s "$KEYRING" ]; then
-  if change "fetch the repository key into $KEYRING"; then
+if [ -n "$APT_KEY" ] && [ "$(base64 -d <<<"$APT_KEY" | sha256sum)" != "$(sha256sum <"$KEYRING" 2>/dev/null || true)" ]; then
+  if change "write the repository key $APT_KEY_FINGERPRINT into $KEYRING"; then
     mkdir -p /etc/apt/keyrings
-    curl -fsSL --retry 3 "$APT_KEY_URL" | gpg --dearmor --batch --yes -o "$KEYRING"
-    chmod 0644 "$KEYRING"
+    base64 -d <<<"$APT_KEY" >"$KEYRING.datacloud-tmp"
+    chmod 0644 "$KEYRING.datacloud-tmp"
+    mv "$KEYRING.datacloud-tmp" "$KEYRING"
   fi
+  need_update=1
 fi
 before=$(cat /etc/apt/sources.list.d/datacloud.list 2>/dev/null || true)
 ensure_file /etc/apt/sources.list.d/datacloud.list "$APT_SOURCE"

@@ -99,8 +99,9 @@ def build_repo() -> Path:
     h = hashlib.sha256(str(pool).encode())
     for deb in sorted(debs):
         h.update(deb.name.encode() + str(deb.stat().st_size).encode() + str(deb.stat().st_mtime_ns).encode())
+    h.update(b"signed-v1")  # InRelease and key.asc (repositories built before had neither)
     repo = config.cache_dir() / "lab" / f"repo-{h.hexdigest()[:12]}"
-    if (repo / "Packages.gz").exists():
+    if (repo / "InRelease").exists():
         return repo
     tmp = repo.with_name(repo.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -114,6 +115,7 @@ def build_repo() -> Path:
     (tmp / "Packages").write_bytes(out.stdout)
     subprocess.run(["gzip", "-k", "-9", "Packages"], cwd=tmp, check=True)
     _release(tmp)
+    _sign(tmp)
     for old in repo.parent.glob("repo-*"):  # other versions, unused for a day (other checkouts may serve theirs)
         if old != repo and ".tmp" not in old.name and time.time() - old.stat().st_mtime > 86400:
             shutil.rmtree(old, ignore_errors=True)
@@ -123,7 +125,7 @@ def build_repo() -> Path:
 
 
 def _release(repo: Path) -> None:
-    """A Release file (unsigned: the lab inventory marks the repository trusted)."""
+    """A Release file (signed into InRelease by _sign)."""
     lines = [
         "Origin: datacloud-lab",
         "Label: datacloud-lab",
@@ -137,6 +139,52 @@ def _release(repo: Path) -> None:
         data = (repo / name).read_bytes()
         lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {name}")
     (repo / "Release").write_text("\n".join(lines) + "\n")
+
+
+def _gnupg() -> Path:
+    """The lab repository's own signing key (made once, cached): what an administrator's
+    private mirror signs with. Its fingerprint is pinned by the lab inventory."""
+    home = config.cache_dir() / "lab" / "repo-gnupg"
+    if not (home / "done").exists():
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True, mode=0o700)
+        subprocess.run(
+            ["gpg", "--homedir", str(home), "--batch", "--passphrase", "", "--quick-gen-key",
+             "datacloud lab repository <lab@datacloud.invalid>", "ed25519", "sign", "never"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        _stop_agent(home)
+        (home / "done").touch()
+    return home
+
+
+def _stop_agent(home: Path) -> None:
+    """gpg starts an agent for the key's folder; leave no process behind."""
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True, timeout=30)
+
+
+def repo_key_fingerprint() -> str:
+    out = subprocess.run(
+        ["gpg", "--homedir", str(_gnupg()), "--batch", "--with-colons", "--list-keys"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
+
+
+def _sign(repo: Path) -> None:
+    """InRelease (the Release file, clear-signed) and the public key as key.asc."""
+    home = str(_gnupg())
+    subprocess.run(
+        ["gpg", "--homedir", home, "--batch", "--yes", "--clearsign", "-o", str(repo / "InRelease"), str(repo / "Release")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    key = subprocess.run(
+        ["gpg", "--homedir", home, "--batch", "--armor", "--export"], check=True, capture_output=True, timeout=60
+    )
+    (repo / "key.asc").write_bytes(key.stdout)
+    _stop_agent(Path(home))
 
 
 def _kill_group(pid: int, start: str | None, timeout: float = 10) -> None:
@@ -638,7 +686,9 @@ class Lab:
             "packages": {
                 "repository": self.repository_url,
                 "suite": "./",
-                "trusted": True,
+                # signed like a private mirror should be; node_prep checks the key against the pin
+                "apt_key_url": f"{self.repository_url}/key.asc",
+                "apt_key_fingerprint": repo_key_fingerprint(),
                 "chart_repository": self.charts_url,
             },
             # what this VM needs beyond a real machine (docs/operations.md, "Node runtime settings")

@@ -274,7 +274,52 @@ def test_first_run_makes_a_real_cluster(lab: Lab, env: dict[str, str]) -> None:
     assert extra["kube_config"] == admin
     assert "verify | Summary" in out
     assert re.search(r"CoreDNS: 2/2 ready", out)
+    _secrets_are_encrypted_in_etcd(lab, env, out)
     print(f"first run of {len(STAGES)} stages on 3 nodes: {time.monotonic() - t0:.1f}s")
+
+
+def etcd_get(lab: Lab, *argv: str) -> bytes:
+    """etcdctl (built by ./dev setup) against the control plane's etcd, with kubeadm's health-check client cert."""
+    from tests.lab import mirror
+
+    cp = lab.nodes[0]
+    pki = "/etc/kubernetes/pki/etcd"
+    return subprocess.run(
+        [str(mirror.bin_dir("etcd") / "etcdctl"), f"--endpoints=https://{cp.address}:2379",
+         f"--cacert={cp.path(pki + '/ca.crt')}", f"--cert={cp.path(pki + '/healthcheck-client.crt')}",
+         f"--key={cp.path(pki + '/healthcheck-client.key')}", "get", *argv],
+        check=True, capture_output=True, timeout=60,
+    ).stdout  # fmt: skip
+
+
+def _secrets_are_encrypted_in_etcd(lab: Lab, env: dict[str, str], out: str) -> None:
+    """Encryption at rest (issue 12, item 8): every Secret in etcd is secretbox ciphertext under
+    the key kept in the connection datacloud_kube_encryption; the key is root's only and never logged."""
+    import yaml
+
+    cp = lab.nodes[0]
+    path = cp.path("/etc/kubernetes/encryption/config.yaml")
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    (key,) = yaml.safe_load(path.read_text())["resources"][0]["providers"][0]["secretbox"]["keys"]
+    assert key["secret"] not in out
+    got = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "connections", "get", "datacloud_kube_encryption", "-o", "json"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    stored = json.loads(got.stdout)[0]
+    assert (stored.get("extra_dejson") or json.loads(stored.get("extra") or "{}"))["keys"] == [key]
+    lab.kubectl(
+        "create", "secret", "generic", "lab-encryption-probe", "--namespace=default", "--from-literal=word=plaintext-marker"
+    )
+    value = etcd_get(lab, "/registry/secrets/default/lab-encryption-probe", "--print-value-only")
+    assert value.startswith(f"k8s:enc:secretbox:v1:{key['name']}:".encode()), value[:40]
+    assert b"plaintext-marker" not in value and b"cGxhaW50ZXh0LW1hcmtlcg" not in value
+    # every Secret: kubeadm's own (bootstrap tokens, made by init) too, since the file is there before init
+    keys = [k for k in etcd_get(lab, "/registry/secrets/", "--prefix", "--keys-only").decode().split() if k]
+    assert len(keys) >= 2, keys
+    for name in keys:
+        assert etcd_get(lab, name, "--print-value-only").startswith(b"k8s:enc:secretbox:v1:"), name
+    lab.kubectl("delete", "secret", "lab-encryption-probe", "--namespace=default")
 
 
 def test_pods_on_different_nodes_reach_each_other_a_service_and_dns(lab: Lab) -> None:
@@ -392,6 +437,7 @@ def test_second_run_unchanged_everywhere_even_after_a_lost_ssh_session(lab: Lab,
         "kubernetes | init",
         "kubernetes | n2",
         "kubernetes | n3",
+        "kubernetes | encryption_key",
         "network | install",
         "verify | summary",
     ):
@@ -407,6 +453,47 @@ def test_second_run_unchanged_everywhere_even_after_a_lost_ssh_session(lab: Lab,
 def _remote_env(lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in {**lab.env(), "AIRFLOW_HOME": env["AIRFLOW_HOME"]}.items():
         monkeypatch.setenv(key, value)
+
+
+def _encryption_keys(lab: Lab) -> list[dict]:
+    import yaml
+
+    text = lab.nodes[0].path("/etc/kubernetes/encryption/config.yaml").read_text()
+    return yaml.safe_load(text)["resources"][0]["providers"][0]["secretbox"]["keys"]
+
+
+def test_the_encryption_key_rotates_and_every_secret_follows(
+    lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/operations.md: annotate kube-system, run the kubernetes stage; new key first, every
+    Secret rewritten, old key dropped (issue 12, item 8)."""
+    from datacloud.stages._common import run_step
+
+    (old,) = _encryption_keys(lab)
+    lab.kubectl("annotate", "namespace", "kube-system", "datacloud/rotate-encryption-key=true")
+    t0 = time.monotonic()
+    result, out = run_dag(env, "provision_platform", conf(lab, stages=["kubernetes"]))
+    assert result["state"] == "success", out[-4000:]
+    print(f"rotation of the encryption key (kubernetes stage run): {time.monotonic() - t0:.1f}s")
+    (new,) = _encryption_keys(lab)
+    assert new["name"] != old["name"] and new["secret"] != old["secret"]
+    assert old["secret"] not in out and new["secret"] not in out
+    assert f"rewrite every Secret with encryption key {new['name']}" in out
+    assert f"drop encryption key(s) {old['name']}" in out
+    names = [k for k in etcd_get(lab, "/registry/secrets/", "--prefix", "--keys-only").decode().split() if k]
+    for name in names:
+        assert etcd_get(lab, name, "--print-value-only").startswith(f"k8s:enc:secretbox:v1:{new['name']}:".encode()), name
+    ns = api(lab, "get", "namespace", "kube-system")
+    assert "datacloud/rotate-encryption-key" not in (ns["metadata"].get("annotations") or {})
+    got = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "connections", "get", "datacloud_kube_encryption", "-o", "json"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    stored = json.loads(got.stdout)[0]
+    assert (stored.get("extra_dejson") or json.loads(stored.get("extra") or "{}"))["keys"] == [new]
+    assert lab.kubectl("get", "secrets", "--all-namespaces").returncode == 0  # every Secret still decrypts
+    _remote_env(lab, env, monkeypatch)
+    assert run_step("kubernetes", "encryption_key", conf(lab))["changes"] == []  # done: a re-run changes nothing
 
 
 def test_a_stopped_kubelet_is_reported_not_ready_in_one_sentence(
@@ -474,8 +561,82 @@ def test_changed_host_key_fails_hard_naming_the_node(lab: Lab, env: dict[str, st
     store.path.write_text("".join(ln + "\n" for ln in text.splitlines() if not ln.startswith(n3.address + " ")))
     assert run_step("preflight", "gather", conf(lab), node="n3")["facts"]["hostname"] == "n3"
     assert fingerprint(store.get(n3.address, 22)) == offered
+    _pinned_host_keys(lab, store, n3, offered, recorded)
     # the rebooted node's services came back by themselves (containerd, kubelet), and it is Ready again
     wait_for("n3 Ready after its restart", lambda: ready(api(lab, "get", "node", "n3")), timeout=180)
+
+
+def test_a_wrong_apt_key_pin_installs_nothing(lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab repository is signed; node_prep fetches its key on the node and refuses another pin."""
+    import yaml
+
+    from datacloud.errors import UserError
+    from datacloud.stages._common import run_step
+    from tests.lab.lab import repo_key_fingerprint
+
+    _remote_env(lab, env, monkeypatch)
+    n2 = lab.nodes[1]
+    keyring = n2.path("/etc/apt/keyrings/datacloud-kubernetes.gpg")
+    before = keyring.read_bytes()
+    real = repo_key_fingerprint()
+    wrong = ("0" * 40) if real != "0" * 40 else ("1" * 40)
+    inv = lab.inventory()
+    inv["packages"]["apt_key_fingerprint"] = wrong
+    path = lab.state / "inventory-wrong-apt-key.yaml"
+    path.write_text(yaml.safe_dump(inv))
+    snap = snapshot(lab)
+    with pytest.raises(UserError) as err:
+        run_step("node_prep", "prepare", {**conf(lab), "inventory": str(path)}, node="n2")
+    assert str(err.value) == (
+        f"n2 ({n2.address}): the Kubernetes packages' repository key at {lab.repository_url}/key.asc is {real}, "
+        f"not the pinned {wrong}; nothing was installed (check the repository, or correct the pin if its key really changed)."
+    )
+    assert keyring.read_bytes() == before
+    assert changed_files(snap, snapshot(lab)) == {}
+    # the right pin: the key apt verifies InRelease with, unchanged
+    assert run_step("node_prep", "prepare", conf(lab), node="n2")["changes"] == []
+
+
+def _pinned_host_keys(lab: Lab, store, n3, offered: str, stale: str) -> None:
+    """nodes[].ssh_host_key: checked before the first use (nothing recorded), and against what is recorded."""
+    import yaml
+
+    from datacloud.remote import HostKeyMismatchError, fingerprint
+    from datacloud.stages._common import run_step
+
+    def pinned(pin: str) -> dict:
+        inv = lab.inventory()
+        for node in inv["nodes"]:
+            if node["name"] == "n3":
+                node["ssh_host_key"] = pin
+        path = lab.state / "inventory-pinned.yaml"  # an inventory folder (DATACLOUD_INVENTORY_DIRS)
+        path.write_text(yaml.safe_dump(inv))
+        return {**conf(lab), "inventory": str(path)}
+
+    def forget() -> None:
+        text = store.path.read_text()
+        store.path.write_text("".join(ln + "\n" for ln in text.splitlines() if not ln.startswith(n3.address + " ")))
+
+    # a recorded key that is not the pinned one
+    with pytest.raises(HostKeyMismatchError) as err:
+        run_step("preflight", "gather", pinned(stale), node="n3")
+    assert str(err.value).startswith(
+        f"n3 ({n3.address}) has host key {offered} recorded in {store.path} but the inventory pins {stale} "
+    )
+    # nothing recorded: a wrong pin refuses the node's key, records nothing, and no stage trusts it
+    forget()
+    for stage, step in (("preflight", "gather"), ("node_prep", "prepare")):
+        with pytest.raises(HostKeyMismatchError) as err:
+            run_step(stage, step, pinned(stale), node="n3")
+        assert str(err.value) == (
+            f"n3 ({n3.address}) offered host key {offered} but the inventory pins {stale} (nodes[].ssh_host_key); "
+            "check that the address is the right machine, or correct the pin."
+        )
+        assert store.get(n3.address, 22) is None
+    # the right pin: verified, then recorded, even by a stage other than preflight
+    facts = run_step("node_prep", "prepare", pinned(offered), node="n3")
+    assert facts["node"] == "n3"
+    assert fingerprint(store.get(n3.address, 22)) == offered
 
 
 def test_unreachable_node_fails_preflight_with_one_sentence(

@@ -152,7 +152,7 @@ def test_hostile_inventory_strings_rejected(field: str, bad: str) -> None:
 
 
 def test_package_repository_setting() -> None:
-    from datacloud.stages.node_prep import apt_env, private_source
+    from datacloud.stages.node_prep import apt_env, apt_key, private_source
 
     inv = parse_inventory(
         _inventory(
@@ -165,7 +165,7 @@ def test_package_repository_setting() -> None:
         )
     )
     assert private_source(inv) == "deb [trusted=yes] http://10.0.0.1:8000/debian bookworm main"
-    assert apt_env(inv)["APT_KEY_URL"] == ""
+    assert apt_env(inv)["APT_KEY"] == "" and apt_key(inv) is None  # trusted: no key to check
     public = load_inventory(config.REPO_ROOT / "inventory.example.yaml")
     env = apt_env(public)
     assert env["APT_SOURCE"].startswith("deb [signed-by=/etc/apt/keyrings/datacloud-kubernetes.gpg] https://")
