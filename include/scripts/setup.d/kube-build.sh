@@ -120,11 +120,12 @@ EOF
     go build -trimpath -ldflags "$ld" -o "bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
     log "kubernetes v$v: $cmd $(( $(date +%s) - t0 ))s"
   done
-  bin/kubeadm version -o short | grep -qx "v$v" || { echo "kubeadm reports $(bin/kubeadm version -o short), not v$v" >&2; exit 1; }
+  local got; got=$(bin/kubeadm version -o short)
+  [ "$got" = "v$v" ] || { echo "kubeadm reports $got, not v$v" >&2; exit 1; }
 }
 
 build_etcd() {
-  local v=$1
+  local v=$1 out
   cat > go.mod <<EOF
 module datacloud.local/etcd-build
 
@@ -155,7 +156,8 @@ EOF
   for m in server:etcd etcdctl:etcdctl etcdutl:etcdutl; do
     go build -trimpath -ldflags "-s -w" -o "bin/${m#*:}" "go.etcd.io/etcd/${m%%:*}/v3"
   done
-  bin/etcd --version | grep -q "etcd Version: $v" || { echo "etcd does not report $v" >&2; exit 1; }
+  out=$(bin/etcd --version)  # captured first: grep -q exits at the first match and would SIGPIPE etcd under pipefail
+  grep -q "etcd Version: $v" <<<"$out" || { echo "etcd does not report $v" >&2; exit 1; }
 }
 
 build_coredns() {
@@ -168,13 +170,14 @@ build_flannel() {
   # Built from the module's source with two backends left out: tencentvpc (its
   # Tencent Cloud SDK module is not served by the Go module proxy) and udp (needs
   # cgo; deprecated upstream). vxlan, host-gw, ipip, wireguard and ipsec remain.
-  local v=$1 src
+  local v=$1 src out
   src=$(go mod download -json "github.com/flannel-io/flannel@$v" | sed -nE 's/^[[:space:]]*"Dir": "(.*)",?$/\1/p')
   [ -f "$src/main.go" ] || { echo "go mod download github.com/flannel-io/flannel@$v failed" >&2; exit 1; }
   cp -r "$src" src && chmod -R u+w src
   sed -i -e '/pkg\/backend\/tencentvpc"/d' -e '/pkg\/backend\/udp"/d' src/main.go
   (cd src && go build -trimpath -ldflags "-s -w -X github.com/flannel-io/flannel/pkg/version.Version=$v" -o ../bin/flanneld .)
-  bin/flanneld --version 2>&1 | grep -qx "$v" || { echo "flanneld does not report $v" >&2; exit 1; }
+  out=$(bin/flanneld --version 2>&1)
+  grep -qx "$v" <<<"$out" || { echo "flanneld does not report $v" >&2; exit 1; }
 }
 
 build_cni() {
