@@ -24,7 +24,25 @@ for p in /etc/cni/net.d /var/lib/etcd /var/lib/rook /etc/datacloud/cluster-name 
     change "remove $p" && rm -f "$p"
   fi
 done
+# The pod network of the old cluster: a new cluster may lease this node another pod
+# subnet (nodes join in any order), and the bridge plugin refuses a cni0 that still
+# holds the old gateway address ("already has an IP address different from"), while a
+# stale flannel lease would have install-cni write the old subnet: pods, CoreDNS
+# first, never start. flanneld and the bridge plugin make all of it again.
+for link in cni0 flannel.1; do
+  if ip link show "$link" >/dev/null 2>&1; then
+    change "delete the network link $link" && ip link delete "$link"
+  fi
+done
+for p in /run/flannel/subnet.env /var/lib/cni/networks/cbr0; do
+  if [ -e "$p" ]; then
+    change "remove $p" && rm -rf "$p"
+  fi
+done
 left=""
+for link in cni0 flannel.1; do
+  ip link show "$link" >/dev/null 2>&1 && left="$left link:$link"
+done
 for p in /etc/kubernetes/kubelet.conf /etc/kubernetes/admin.conf /etc/kubernetes/manifests/kube-apiserver.yaml /etc/datacloud/cluster-name; do
   [ -e "$p" ] && left="$left $p"
 done

@@ -128,6 +128,13 @@ def run_dag(env: dict[str, str], dag_id: str, conf: dict, timeout: float = 900) 
     return json.loads(lines[-1][len("RESULT ") :]), out
 
 
+def why(out: str) -> str:
+    """A failed run's reasons first (each failed task's error lines), then the tail of its output."""
+    marks = ("ERROR", "Error:", "TransientError", "UserError", "Traceback", "Task failed")
+    errors = [ln for ln in out.splitlines() if any(m in ln for m in marks) and not ln.startswith("RESULT ")]
+    return "\n".join(errors[-40:]) + "\n---\n" + out[-2500:]
+
+
 def tis(result: dict, task_id: str) -> dict[str, dict]:
     """Task instances of task_id by node name (mapped) or '' (unmapped)."""
     return {(t["rendered_map_index"] or ""): t for t in result["tis"] if t["task_id"] == task_id}
@@ -219,7 +226,7 @@ def assert_cluster(lab: Lab) -> None:
 def test_dry_run_changes_nothing(lab: Lab, env: dict[str, str]) -> None:
     before = snapshot(lab)
     result, out = run_dag(env, "provision_platform", conf(lab, dry_run=True))
-    assert result["state"] == "success", out[-4000:]
+    assert result["state"] == "success", why(out)
     assert changed_files(before, snapshot(lab)) == {}  # nothing written inside any node
     assert "would install kubelet=1.34.2-1.1 kubeadm=1.34.2-1.1 kubectl=1.34.2-1.1" in out
     assert "would comment out swap entries in /etc/fstab" in out
@@ -235,7 +242,7 @@ def test_dry_run_changes_nothing(lab: Lab, env: dict[str, str]) -> None:
 def test_first_run_makes_a_real_cluster(lab: Lab, env: dict[str, str]) -> None:
     t0 = time.monotonic()
     result, out = run_dag(env, "provision_platform", conf(lab))
-    assert result["state"] == "success", out[-4000:]
+    assert result["state"] == "success", why(out)
     assert set(tis(result, "node_prep.prepare")) == {"n1", "n2", "n3"}  # one grid entry per node
     assert set(tis(result, "kubernetes.join")) == {"n2", "n3"}
     skipped = {t["task_id"].split(".")[0] for t in result["tis"] if t["state"] == "skipped"}
@@ -418,7 +425,7 @@ def test_second_run_unchanged_everywhere_even_after_a_lost_ssh_session(lab: Lab,
     result, out = run_dag(env, "provision_platform", conf(lab))
     t.join(timeout=30)
     assert killed.is_set(), "node_prep never ran on n2"
-    assert result["state"] == "success", out[-4000:]
+    assert result["state"] == "success", why(out)
     prep = tis(result, "node_prep.prepare")
     assert prep["n2"]["try_number"] >= 2
     assert prep["n1"]["try_number"] == 1
@@ -473,7 +480,7 @@ def test_the_encryption_key_rotates_and_every_secret_follows(
     lab.kubectl("annotate", "namespace", "kube-system", "datacloud/rotate-encryption-key=true")
     t0 = time.monotonic()
     result, out = run_dag(env, "provision_platform", conf(lab, stages=["kubernetes"]))
-    assert result["state"] == "success", out[-4000:]
+    assert result["state"] == "success", why(out)
     print(f"rotation of the encryption key (kubernetes stage run): {time.monotonic() - t0:.1f}s")
     (new,) = _encryption_keys(lab)
     assert new["name"] != old["name"] and new["secret"] != old["secret"]
@@ -806,7 +813,7 @@ def test_teardown_needs_the_cluster_name_then_resets_every_node(
     lab.node_exec(lab.nodes[2], "mkdir", "-p", "/var/lib/rook/mon-a")  # what a Ceph cluster leaves on its nodes
 
     result, out = run_dag(env, "platform_teardown", {"inventory": str(lab.inventory_path), "confirm": f"lab{lab.id}"})
-    assert result["state"] == "success", out[-4000:]
+    assert result["state"] == "success", why(out)
     assert set(tis(result, "teardown.reset")) == {"n1", "n2", "n3"}
     for node in lab.nodes:
         assert not node.path("/etc/kubernetes/kubelet.conf").exists()
@@ -814,6 +821,10 @@ def test_teardown_needs_the_cluster_name_then_resets_every_node(
         assert not node.path("/etc/datacloud/cluster-name").exists()
         # emptied, not removed: containerd watches /etc/cni/net.d (a new run must find its new CNI config)
         assert node.path("/etc/cni/net.d").is_dir() and not list(node.path("/etc/cni/net.d").iterdir())
+        # the old pod network is gone: a new cluster may lease this node another subnet
+        links = lab.node_exec(node, "ip", "-o", "link", "show").stdout
+        assert " cni0:" not in links and " flannel.1@" not in links and " flannel.1:" not in links, (node.name, links)
+        assert lab.node_exec(node, "test", "-e", "/run/flannel/subnet.env", check=False).returncode != 0, node.name
         active = lab.node_exec(node, "systemctl", "is-active", "kubelet", check=False).stdout.strip()
         assert active != "active" or not node.path("/var/lib/kubelet/config.yaml").exists()
     assert not list(lab.nodes[2].path("/var/lib/rook").iterdir())  # Rook's dataDirHostPath, emptied
@@ -828,6 +839,6 @@ def test_teardown_needs_the_cluster_name_then_resets_every_node(
 
 def test_a_new_run_after_teardown_makes_the_cluster_again(lab: Lab, env: dict[str, str]) -> None:
     result, out = run_dag(env, "provision_platform", conf(lab))
-    assert result["state"] == "success", out[-4000:]
+    assert result["state"] == "success", why(out)
     assert "kubeadm init (Kubernetes" in out and "kubeadm join " in out
     assert_cluster(lab)
