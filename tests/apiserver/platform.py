@@ -4,7 +4,7 @@
 * everything the stages' writing steps hand to ``kube.apply`` / ``kube.helm_upgrade`` when
   they run (:func:`stage_runs`): the rendered objects plus what exists only at run time
   (the generated Secrets, the storage probe claims and pods, the Spark verification
-  application), captured by driving the real steps through the recording Kube double;
+  application, the Spark Connect token and the submitter's token Secret), captured by driving the real steps through the recording Kube double;
 * every chart release rendered by ``helm template`` from the pinned archive in
   ``../shared/charts`` with the stage's values, ``--include-crds``, ``--skip-tests``
   and the server's ``--kube-version`` / ``--api-versions`` (what ``helm upgrade
@@ -131,6 +131,8 @@ class _CapturingKube(RecordingKubeDouble):
     def get_json(self, kind: str, name: str | None = None, **kw: Any) -> Any:
         if kind == "sparkapplication":  # spark verify: the operator ran the application
             return {"status": {"applicationState": {"state": "COMPLETED"}, "sparkApplicationId": _VERIFY_APP_ID}}
+        if kind == "sparkconnect":  # spark verify: the operator reports the Connect server ready
+            return {"status": {"state": "Ready", "executors": {"running": 1}}}
         return super().get_json(kind, name, **kw)
 
     def kubectl(self, *args: str, **kw: Any) -> Result:

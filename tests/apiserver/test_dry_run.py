@@ -62,8 +62,8 @@ def test_the_run_sends_what_only_exists_at_run_time():
         "network": [],
         "storage": ["PersistentVolumeClaim", "PersistentVolumeClaim", "Pod", "Pod"],  # RWO and RWX probes
         "mongo": ["Secret"] * 5,  # keyFile, system users, admin, app, monitor
-        "spark": ["SparkApplication"],  # the verification run
-        "jupyter": ["Secret", "Secret"],  # the hub admin, the notebooks' MongoDB URI
+        "spark": ["Secret", "Secret", "SparkApplication"],  # Connect token, submitter token, the verification run
+        "jupyter": ["Secret", "Secret", "Secret"],  # the notebooks' Connect token and MongoDB URI, the hub admin
         "monitoring": ["Secret", "Secret"],  # Grafana's admin, the exporters' URIs
     }
 
@@ -188,3 +188,33 @@ def test_pods_of_every_workload_pass_pod_admission(apiserver, crds, namespaces, 
     )
     assert res.returncode == 0, f"pods of {inv_name}'s workloads the server would refuse:\n{res.stderr}"
     assert len(res.stdout.split()) == len(pods), res.stdout
+
+
+def test_the_connect_server_pod_passes_pod_admission(apiserver, crds, namespaces, rbac):
+    """The server pod the operator builds from the SparkConnect's template (its container, the
+    token from the Secret, the executor template's ConfigMap): PodSecurity baseline, the
+    ServiceAccount (spark-connect) exist; the pod's identity is not the one the policy restricts."""
+    (conn,) = [o for o in stage_renders("reference")["spark"].all_objects() if o["kind"] == "SparkConnect"]
+    template = copy.deepcopy(conn["spec"]["server"]["template"])
+    container = template["spec"]["containers"][0]
+    container.update(
+        command=["bash", "-c"], args=["${SPARK_HOME}/sbin/start-connect-server.sh --master k8s://https://10.96.0.1:443"]
+    )
+    container["env"].append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    container["volumeMounts"] = [
+        {"name": "spark-conf", "mountPath": "/tmp/spark/executor-pod-template.yaml", "subPath": "executor-pod-template.yaml"}
+    ]
+    template["spec"]["volumes"] = [{"name": "spark-conf", "configMap": {"name": f"{conn['metadata']['name']}-conf"}}]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{conn['metadata']['name']}-server",
+            "namespace": conn["metadata"]["namespace"],
+            **template["metadata"],
+        },
+        "spec": template["spec"],
+    }
+    apiserver.wait_for_service_account("spark-connect", "spark-connect")
+    res = apiserver.kubectl("create", "--dry-run=server", "-o", "name", "-f", "-", stdin=json.dumps(pod), check=False)
+    assert res.returncode == 0, res.stderr

@@ -64,12 +64,45 @@ TABLE: dict[str, Row] = {
         why="reads event logs from its volume; no API access",
     ),
     "jupyter/spark-notebook": Row(
-        may=tuple(f"{v} {k} jupyter" for k in EXECUTOR_KINDS for v in ("create", "delete", "list")),
         may_not=(
-            "create pods spark-jobs", "create pods default", "get secrets jupyter", "update pods jupyter",
-            "patch pods jupyter", "create pods/exec jupyter", "create deployments jupyter", "create rolebindings jupyter",
+            "create pods jupyter", "delete pods jupyter", "deletecollection pods jupyter", "list pods jupyter",
+            "get pods jupyter", "watch pods jupyter", "create services jupyter", "update services jupyter",
+            "patch endpoints jupyter", "create endpointslices.discovery.k8s.io jupyter", "get secrets jupyter",
+            "list secrets jupyter", "create pods spark-connect", "create pods spark-jobs", "list pods *",
+            "create configmaps jupyter", "create persistentvolumeclaims jupyter", "create pods/exec jupyter",
         ),
-        why="notebooks create Spark executor pods in jupyter (what pods: the admission policy)",
+        why="notebooks run Spark through the Connect server: no Role, no token mounted, no API access",
+    ),
+    "spark-connect/spark-connect": Row(
+        may=(
+            *(f"{v} {k} spark-connect" for k in ("pods", "configmaps") for v in ("create", "delete", "deletecollection", "watch")),
+            "list persistentvolumeclaims spark-connect",
+        ),
+        may_not=(
+            "create pods jupyter", "create pods spark-jobs", "create pods default", "list pods *",
+            "get secrets spark-connect", "list secrets spark-connect", "create services spark-connect",
+            "create persistentvolumeclaims spark-connect", "update pods spark-connect", "patch pods spark-connect",
+            "create pods/exec spark-connect", "create pods/ephemeralcontainers spark-connect", "create deployments spark-connect",
+            "create sparkapplications.sparkoperator.k8s.io spark-jobs", "update sparkconnects.sparkoperator.k8s.io spark-connect",
+            "create rolebindings spark-connect",
+        ),
+        why="the Connect server creates its executor pods in spark-connect only (which pods: the admission policy)",
+    ),
+    "spark-jobs/airflow-submitter": Row(
+        may=(
+            "create sparkapplications.sparkoperator.k8s.io spark-jobs", "delete sparkapplications.sparkoperator.k8s.io spark-jobs",
+            "watch sparkapplications.sparkoperator.k8s.io spark-jobs", "get sparkapplications.sparkoperator.k8s.io/status spark-jobs",
+            "get pods/log spark-jobs", "list pods spark-jobs", "create configmaps spark-jobs",
+        ),
+        may_not=(
+            "create sparkapplications.sparkoperator.k8s.io default", "create sparkapplications.sparkoperator.k8s.io spark-connect",
+            "create sparkapplications.sparkoperator.k8s.io jupyter", "list sparkapplications.sparkoperator.k8s.io *",
+            "get secrets spark-jobs", "list secrets spark-jobs", "list secrets *", "create pods spark-jobs",
+            "delete pods spark-jobs", "patch pods spark-jobs", "create pods/exec spark-jobs",
+            "update sparkapplications.sparkoperator.k8s.io/status spark-jobs", "create scheduledsparkapplications.sparkoperator.k8s.io spark-jobs",
+            "create sparkconnects.sparkoperator.k8s.io spark-connect", "delete configmaps spark-jobs", "get pods/log spark-connect",
+        ),
+        why="Airflow's Spark submission (datacloud_kubernetes_spark): SparkApplications in spark-jobs, nothing else",
     ),
     "monitoring/headlamp": Row(
         # (custom resources only where their CRD aggregates to view: not Percona's, so not PSMDB objects)
@@ -103,9 +136,12 @@ TABLE: dict[str, Row] = {
         why="watchAllNamespaces false: the operator's Role in mongo only",
     ),
     "spark-operator/spark-operator-controller": Row(
-        may=("create pods spark-jobs", "update sparkapplications.sparkoperator.k8s.io spark-jobs"),
+        may=(
+            "create pods spark-jobs", "update sparkapplications.sparkoperator.k8s.io spark-jobs", "create pods spark-connect",
+            "update sparkconnects.sparkoperator.k8s.io/status spark-connect",
+        ),
         may_not=("create pods jupyter", "create pods default", "list secrets *"),
-        why="submits applications in the one job namespace (spark.jobNamespaces)",
+        why="submits applications in spark-jobs and runs the Connect server in spark-connect (spark.jobNamespaces)",
     ),
     "spark-operator/spark-operator-webhook": Row(
         may=("get sparkapplications.sparkoperator.k8s.io spark-jobs",),
@@ -221,7 +257,9 @@ def _checks(row: Row) -> list[tuple[str, bool]]:
 
 
 OURS = [
-    sa for sa in TABLE if sa.startswith(("spark-jobs/", "jupyter/spark-notebook", "monitoring/headlamp", "local-path-storage/"))
+    sa
+    for sa in TABLE
+    if sa.startswith(("spark-jobs/", "spark-connect/", "jupyter/spark-notebook", "monitoring/headlamp", "local-path-storage/"))
 ]
 
 

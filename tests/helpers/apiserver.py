@@ -1,4 +1,4 @@
-"""A real etcd + kube-apiserver (+ two controllers) on 127.0.0.1 for tests.
+"""A real etcd + kube-apiserver (+ a controller manager) on 127.0.0.1 for tests.
 
 The binaries are the ones ``./dev setup`` builds from the Go module proxy
 (include/scripts/setup.d/kube-build.sh); nothing is downloaded here. Every
@@ -12,10 +12,11 @@ certificate is made with ``openssl`` in a temporary folder:
 
 The API server runs as kubeadm runs it: ``--authorization-mode=Node,RBAC``, the
 default admission plugins plus NodeRestriction (ValidatingAdmissionPolicy is GA
-and on), ``--allow-privileged``. The controller manager runs only three
+and on), ``--allow-privileged``. The controller manager runs only four
 controllers, each with its own ServiceAccount credentials like kubeadm's:
 ``serviceaccount`` (every namespace gets its ``default`` ServiceAccount, which
-pod admission needs), ``clusterrole-aggregation`` (the built-in
+pod admission needs), ``serviceaccount-token`` (long-lived token Secrets get a
+signed token and the CA), ``clusterrole-aggregation`` (the built-in
 ``view``/``edit``/``admin`` roles get their rules) and
 ``validatingadmissionpolicy-status`` (type checking of admission policies). No
 scheduler, no kubelet: objects are stored, never run.
@@ -333,7 +334,12 @@ class ApiServer:
             [
                 str(self.bins.kube_controller_manager),
                 f"--kubeconfig={self.dir / 'controller-manager.kubeconfig'}",
-                "--controllers=serviceaccount-controller,clusterrole-aggregation-controller,validatingadmissionpolicy-status-controller",
+                "--controllers=serviceaccount-controller,serviceaccount-token-controller,"
+                "clusterrole-aggregation-controller,validatingadmissionpolicy-status-controller",
+                # the token controller fills kubernetes.io/service-account-token Secrets in (the spark
+                # stage's long-lived token for Airflow's Spark submission)
+                f"--service-account-private-key-file={self.certs / 'sa.key'}",
+                f"--root-ca-file={self.certs / 'ca.crt'}",
                 "--use-service-account-credentials=true",
                 "--leader-elect=false",
                 "--secure-port=0",
@@ -368,10 +374,17 @@ class ApiServer:
         return status == 200 and bool(json.loads(body).get("rules"))
 
     def kubectl(
-        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120, as_: str | None = None
+        self,
+        *args: str,
+        stdin: str | None = None,
+        check: bool = True,
+        timeout: float = 120,
+        as_: str | None = None,
+        kubeconfig: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the built kubectl against this server (admin, or impersonating ``as_``)."""
-        argv = [str(self.bins.kubectl), f"--kubeconfig={self.kubeconfig}", *(["--as", as_] if as_ else []), *args]
+        """Run the built kubectl against this server (admin, impersonating ``as_``, or with another ``kubeconfig``)."""
+        config = kubeconfig or self.kubeconfig
+        argv = [str(self.bins.kubectl), f"--kubeconfig={config}", *(["--as", as_] if as_ else []), *args]
         return self._run(argv, stdin, check, timeout)
 
     def helm(

@@ -10,7 +10,7 @@ import yaml
 
 from datacloud import capacity
 from datacloud.stages import jupyter, monitoring, spark
-from datacloud.stages.apps_common import JUPYTER_NS, MONITORING_NS, SPARK_JOBS_NS, SPARK_OPERATOR_NS
+from datacloud.stages.apps_common import JUPYTER_NS, MONITORING_NS, SPARK_CONNECT_NS, SPARK_JOBS_NS, SPARK_OPERATOR_NS
 from tests.helpers.kube_schema import containers, crd_schema, validate_object
 from tests.unit.apps_fixtures import all_objects, by_kind, inventories, rendered, selects
 
@@ -114,8 +114,76 @@ def test_spark_identity_is_namespaced() -> None:
     (binding,) = [o for o in by_kind(objs, "RoleBinding") if o["metadata"]["name"] == "spark-driver"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "spark", "namespace": SPARK_JOBS_NS}]
     rel = rendered("reference")["spark"].releases[0]
-    assert rel.values["spark"]["jobNamespaces"] == [SPARK_JOBS_NS]
+    assert rel.values["spark"]["jobNamespaces"] == [SPARK_JOBS_NS, SPARK_CONNECT_NS]
     assert rel.values["spark"]["rbac"]["create"] is False
+
+
+@pytest.mark.parametrize("inv_name", INVENTORIES)
+def test_spark_connect_server_runs_our_image_with_kubernetes_executors(inv_name: str) -> None:
+    inv = inventories()[inv_name]
+    sp = inv.components.spark
+    (conn,) = by_kind(all_objects(inv_name), "SparkConnect")
+    assert conn["metadata"] == {
+        "name": spark.CONNECT_NAME,
+        "namespace": SPARK_CONNECT_NS,
+        "labels": {"app.kubernetes.io/part-of": "datacloud"},
+    }
+    assert crd_schema("SparkConnect", conn["apiVersion"]) is not None  # validated against the pinned operator's CRD
+    spec = conn["spec"]
+    assert spec["image"] == spark.image(inv) and spec["sparkVersion"] == spark.spark_version()
+    dyn = spec["dynamicAllocation"]
+    assert (dyn["enabled"], dyn["shuffleTrackingEnabled"]) == (True, True)
+    assert (dyn["minExecutors"], dyn["maxExecutors"]) == (sp.min_executors, sp.max_executors)
+    server = spec["server"]["template"]["spec"]
+    assert server["serviceAccountName"] == spark.CONNECT_SA
+    (container,) = server["containers"]
+    assert container["name"] == "spark-kubernetes-driver" and container["image"] == spark.image(inv)
+    token = [e for e in container["env"] if e["name"] == "SPARK_CONNECT_AUTHENTICATE_TOKEN"]
+    assert token == [{"name": "SPARK_CONNECT_AUTHENTICATE_TOKEN",
+                      "valueFrom": {"secretKeyRef": {"name": spark.CONNECT_TOKEN_SECRET, "key": "token"}}}]  # fmt: skip
+    assert "spark.connect.authenticate.token" not in spec["sparkConf"]  # never in the object or the command line
+    assert spec["sparkConf"]["spark.connect.grpc.binding.port"] == str(spark.CONNECT_PORT)
+    assert spec["server"]["template"]["metadata"]["labels"][next(iter(spark.CONNECT_SERVER_LABELS))] == "server"
+    # heap + overhead of the server is the inventory's driver size, which the pod requests
+    assert container["resources"]["requests"]["memory"] == f"{sp.driver.memory_mb}Mi"
+    assert int(spec["server"]["memory"].rstrip("m")) + 384 <= sp.driver.memory_mb
+
+
+def test_spark_connect_identity_manages_executor_pods_in_its_namespace_only() -> None:
+    objs = all_objects("reference")
+    (role,) = [o for o in by_kind(objs, "Role") if o["metadata"]["name"] == "spark-connect-executors"]
+    assert role["metadata"]["namespace"] == SPARK_CONNECT_NS
+    granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
+    assert ("pods", "create") in granted and ("configmaps", "create") in granted
+    assert not {r for r, _v in granted} - {"pods", "configmaps", "persistentvolumeclaims"}
+    assert ("persistentvolumeclaims", "create") not in granted and not [g for g in granted if g[0] == "services"]
+    (binding,) = [o for o in by_kind(objs, "RoleBinding") if o["metadata"]["name"] == "spark-connect-executors"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": spark.CONNECT_SA, "namespace": SPARK_CONNECT_NS}]
+    (vap,) = by_kind(objs, "ValidatingAdmissionPolicy")
+    (cond,) = vap["spec"]["matchConditions"]
+    assert cond["expression"] == 'request.userInfo.username == "system:serviceaccount:spark-connect:spark-connect"'
+    (vapb,) = by_kind(objs, "ValidatingAdmissionPolicyBinding")
+    assert vapb["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": SPARK_CONNECT_NS}
+    rules = " ".join(v["expression"] for v in vap["spec"]["validations"])
+    assert "secretKeyRef" in rules and "secretRef" in rules and "has(s.serviceAccountToken)" in rules
+    assert "has(v.secret)" not in rules and "persistentVolumeClaim" not in rules
+
+
+def test_airflow_submits_spark_with_a_namespaced_identity() -> None:
+    objs = all_objects("reference")
+    (sa,) = [o for o in by_kind(objs, "ServiceAccount") if o["metadata"]["name"] == spark.SUBMITTER_SA]
+    assert sa["metadata"]["namespace"] == SPARK_JOBS_NS and sa["automountServiceAccountToken"] is False
+    (role,) = [o for o in by_kind(objs, "Role") if o["metadata"]["name"] == spark.SUBMITTER_SA]
+    assert role["metadata"]["namespace"] == SPARK_JOBS_NS
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    assert ("sparkoperator.k8s.io", "sparkapplications", "create") in granted
+    assert ("", "pods/log", "get") in granted
+    assert not [g for g in granted if g[1] == "secrets" or g[2] in ("*", "escalate", "bind", "impersonate")]
+    assert not [g for g in granted if g[1] == "pods" and g[2] not in ("get", "list", "watch")]
+    secret = spark.submitter_token_secret()
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    assert secret["metadata"]["annotations"] == {"kubernetes.io/service-account.name": spark.SUBMITTER_SA}
+    assert "data" not in secret and "stringData" not in secret  # the token controller writes the token
 
 
 # --- policy ------------------------------------------------------------------
@@ -138,7 +206,7 @@ def test_no_cluster_admin_for_workloads(inv_name: str) -> None:
 def test_every_namespace_we_create_denies_by_default(inv_name: str) -> None:
     objs = all_objects(inv_name)
     namespaces = {o["metadata"]["name"] for o in by_kind(objs, "Namespace")}
-    assert namespaces == {SPARK_OPERATOR_NS, SPARK_JOBS_NS, JUPYTER_NS, MONITORING_NS}
+    assert namespaces == {SPARK_OPERATOR_NS, SPARK_JOBS_NS, SPARK_CONNECT_NS, JUPYTER_NS, MONITORING_NS}
     policies = by_kind(objs, "NetworkPolicy")
     for ns in namespaces:
         mine = [p for p in policies if p["metadata"]["namespace"] == ns]

@@ -14,7 +14,7 @@ import pytest
 from datacloud.errors import TransientError, UserError
 from datacloud.remote import Result
 from datacloud.stages import jupyter, monitoring, spark
-from datacloud.stages.apps_common import MONGO_APP_SECRET, MONGO_MONITOR_SECRET, MONGO_NS
+from datacloud.stages.apps_common import MONGO_APP_SECRET, MONGO_MONITOR_SECRET, MONGO_NS, SPARK_CONNECT_NS
 from tests.unit.apps_fixtures import inventories
 from tests.unit.kube_double import FakeClock, RecordingKubeDouble
 
@@ -23,6 +23,11 @@ PASSWORD = "p@ss/word:with#chars"
 
 def _ctx(kube: RecordingKubeDouble, inv_name: str = "reference") -> SimpleNamespace:
     return SimpleNamespace(inv=inventories()[inv_name], dry_run=kube.dry_run, kube=lambda: kube)
+
+
+def _connect_ready(kube: RecordingKubeDouble) -> None:
+    """The operator reports the SparkConnect server Ready."""
+    kube.scripted[("sparkconnect", spark.CONNECT_NAME)] = lambda: {"status": {"state": "Ready", "executors": {"running": 1}}}
 
 
 # --- spark ---------------------------------------------------------------------
@@ -78,6 +83,7 @@ def _history(apps_by_call: list[list[dict]]):
 
 def test_spark_verify_waits_for_completed_then_finds_the_run_in_history(caplog) -> None:
     kube = RecordingKubeDouble()
+    _connect_ready(kube)
     name = "datacloud-verify-test"
     running = {"applicationState": {"state": "RUNNING"}, "executorState": {"e1": "RUNNING"}}
     states = [{}, {"applicationState": {"state": "SUBMITTED"}}] + [running] * 8
@@ -104,6 +110,7 @@ def test_spark_verify_waits_for_completed_then_finds_the_run_in_history(caplog) 
 
 def test_spark_verify_failure_is_reported_and_cleaned_up() -> None:
     kube = RecordingKubeDouble()
+    _connect_ready(kube)
     name = "datacloud-verify-bad"
     failed = {"applicationState": {"state": "FAILED", "errorMessage": "driver container failed with ExitCode: 1"}}
     kube.scripted[("sparkapplication", name)] = _scripted_app([{"applicationState": {"state": "RUNNING"}}, failed])
@@ -115,6 +122,7 @@ def test_spark_verify_failure_is_reported_and_cleaned_up() -> None:
 
 def test_spark_verify_times_out_when_history_never_lists_the_run() -> None:
     kube = RecordingKubeDouble()
+    _connect_ready(kube)
     name = "datacloud-verify-slow"
     kube.scripted[("sparkapplication", name)] = _scripted_app(
         [{"applicationState": {"state": "COMPLETED"}, "sparkApplicationId": "spark-x"}]
@@ -123,6 +131,129 @@ def test_spark_verify_times_out_when_history_never_lists_the_run() -> None:
     clock = FakeClock()
     with pytest.raises(TransientError, match="History Server: not done within 180 s"):
         spark.verify(_ctx(kube), name=name, clock=clock, sleep=clock.sleep)
+
+
+def test_spark_connect_token_is_generated_once_and_applied_before_the_server() -> None:
+    kube = RecordingKubeDouble()
+    first = spark.apply(_ctx(kube))
+    key = f"Secret/{SPARK_CONNECT_NS}/{spark.CONNECT_TOKEN_SECRET}"
+    token = kube.objects[key]["stringData"]["token"]
+    assert len(token) >= 43
+    assert token not in json.dumps(first)
+    assert f"Secret/{SPARK_CONNECT_NS}/{spark.CONNECT_TOKEN_SECRET} created (Spark Connect token)" in first["changes"]
+    order = [c for c in kube.calls if c[0] in ("apply", "helm")]
+    helm_at = order.index(("helm", f"spark-operator@{spark.operator_release(inventories()['reference']).version}"))
+    assert order.index(("apply", key)) < order.index(("apply", f"SparkConnect/{SPARK_CONNECT_NS}/{spark.CONNECT_NAME}"))
+    assert helm_at < order.index(("apply", f"SparkConnect/{SPARK_CONNECT_NS}/{spark.CONNECT_NAME}"))
+    assert order.index(("apply", "ServiceAccount/spark-jobs/airflow-submitter")) < order.index(
+        ("apply", f"Secret/spark-jobs/{spark.SUBMITTER_TOKEN_SECRET}")
+    )
+    assert order.index(("apply", "NetworkPolicy/spark-connect/default-deny")) < helm_at
+    # a re-run (an upgrade, a relabelled namespace) keeps the token
+    assert spark.apply(_ctx(kube))["changes"] == []
+    assert kube.objects[key]["stringData"]["token"] == token
+
+
+def test_spark_connect_token_rotates_only_when_annotated() -> None:
+    kube = RecordingKubeDouble()
+    spark.apply(_ctx(kube))
+    key = f"Secret/{SPARK_CONNECT_NS}/{spark.CONNECT_TOKEN_SECRET}"
+    old = kube.objects[key]["stringData"]["token"]
+    kube.objects[key]["metadata"]["annotations"] = {"datacloud/rotate": "yes please"}
+    with pytest.raises(UserError, match="set it to true to rotate the Spark Connect token"):
+        spark.apply(_ctx(kube))
+    kube.objects[key]["metadata"]["annotations"] = {"datacloud/rotate": "true"}
+    out = spark.apply(_ctx(kube))
+    assert f"{key} rotated (Spark Connect token)" in out["changes"]
+    assert kube.objects[key]["stringData"]["token"] != old
+    assert (
+        "kubectl",
+        f"annotate secret {spark.CONNECT_TOKEN_SECRET} --namespace {SPARK_CONNECT_NS} datacloud/rotate-",
+    ) in kube.calls
+    assert ("kubectl", f"delete pod {spark.CONNECT_SERVICE} --namespace {SPARK_CONNECT_NS} --ignore-not-found") in kube.calls
+
+
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBcluster\n-----END CERTIFICATE-----\n"
+SA_TOKEN = "eyJhbGciOiJSUzI1NiJ9.submitter.signature"
+
+
+def _token_controller(kube: RecordingKubeDouble, after_polls: int = 0) -> None:
+    """What kube-controller-manager's token controller does: fill the Secret in (after some polls)."""
+    import base64
+
+    calls = {"n": 0}
+    enc = lambda v: base64.b64encode(v.encode()).decode()  # noqa: E731
+
+    def secret():
+        calls["n"] += 1
+        obj = {"kind": "Secret", "metadata": {"name": spark.SUBMITTER_TOKEN_SECRET, "namespace": "spark-jobs"}}
+        if calls["n"] > after_polls:
+            obj["data"] = {"token": enc(SA_TOKEN), "ca.crt": enc(CA_PEM), "namespace": enc("spark-jobs")}
+        return obj
+
+    kube.scripted[("secret", spark.SUBMITTER_TOKEN_SECRET)] = secret
+    kube.kubectl_replies.append((("config", "view"), lambda args: Result(0, "https://192.168.1.1:6443", "")))
+
+
+def test_spark_connections_store_the_connect_token_and_a_namespaced_kubeconfig(monkeypatch) -> None:
+    import yaml
+
+    from datacloud.config import SPARK_CONNECT_CONN_ID, SPARK_SUBMIT_CONN_ID
+    from datacloud.stages import mongo
+
+    store: dict[str, dict] = {}
+    writes: list[str] = []
+    monkeypatch.setattr(mongo, "_current_fields", store.get)
+    monkeypatch.setattr(mongo, "_write_connection", lambda cid, f: (writes.append(cid), store.__setitem__(cid, dict(f))))
+    kube = RecordingKubeDouble()
+    spark.apply(_ctx(kube))
+    token = kube.objects[f"Secret/{SPARK_CONNECT_NS}/{spark.CONNECT_TOKEN_SECRET}"]["stringData"]["token"]
+    _token_controller(kube, after_polls=2)
+    clock = FakeClock()
+    out = spark.connections(_ctx(kube), clock=clock, sleep=clock.sleep)
+    assert out["changes"] == [f"connection {SPARK_CONNECT_CONN_ID} stored", f"connection {SPARK_SUBMIT_CONN_ID} stored"]
+    assert clock.now == 4  # two polls of 2 s until the token controller had filled the Secret in
+    conn = store[SPARK_CONNECT_CONN_ID]
+    assert (conn["conn_type"], conn["host"], conn["port"]) == ("spark_connect", spark.connect_host(), 15002)
+    assert conn["password"] == token and conn["login"] == "airflow"
+    sub = store[SPARK_SUBMIT_CONN_ID]
+    assert sub["conn_type"] == "kubernetes" and sub["extra"]["namespace"] == "spark-jobs"
+    cfg = yaml.safe_load(sub["extra"]["kube_config"])
+    assert cfg["users"][0]["user"] == {"token": SA_TOKEN}  # the ServiceAccount's token, no client certificate
+    assert cfg["clusters"][0]["cluster"]["server"] == "https://192.168.1.1:6443"
+    assert cfg["contexts"][0]["context"]["namespace"] == "spark-jobs"
+    assert token not in json.dumps(out) and SA_TOKEN not in json.dumps(out)
+    # converged: nothing is written again
+    assert spark.connections(_ctx(kube), clock=clock, sleep=clock.sleep)["changes"] == []
+    assert writes == [SPARK_CONNECT_CONN_ID, SPARK_SUBMIT_CONN_ID]
+
+
+def test_spark_connections_time_out_when_no_token_is_issued(monkeypatch) -> None:
+    from datacloud.stages import mongo
+
+    monkeypatch.setattr(mongo, "_current_fields", lambda cid: None)
+    monkeypatch.setattr(mongo, "_write_connection", lambda cid, f: pytest.fail("written without a token"))
+    kube = RecordingKubeDouble()
+    spark.apply(_ctx(kube))
+    _token_controller(kube, after_polls=10_000)
+    clock = FakeClock()
+    with pytest.raises(TransientError, match="airflow-submitter-token: not done within 120 s"):
+        spark.connections(_ctx(kube), clock=clock, sleep=clock.sleep)
+
+
+def test_spark_verify_waits_for_the_connect_server_and_reports_a_failed_one() -> None:
+    kube = RecordingKubeDouble()
+    states = iter([{}, {"status": {"state": "Provisioning"}}, {"status": {"state": "Ready", "executors": {"running": 1}}}])
+    kube.scripted[("sparkconnect", spark.CONNECT_NAME)] = lambda: next(states)
+    clock = FakeClock()
+    assert spark.wait_connect_ready(kube, clock=clock, sleep=clock.sleep) == "Ready, executors {'running': 1}"
+    assert clock.now == 10
+    failed = {
+        "status": {"state": "Failed", "conditions": [{"type": "ServerPodReady", "message": "Server pod failed: OOMKilled"}]}
+    }
+    kube.scripted[("sparkconnect", spark.CONNECT_NAME)] = lambda: failed
+    with pytest.raises(TransientError, match="datacloud-connect failed: Server pod failed: OOMKilled"):
+        spark.wait_connect_ready(kube, clock=clock, sleep=clock.sleep)
 
 
 # --- jupyter -------------------------------------------------------------------
@@ -151,6 +282,42 @@ def test_jupyter_apply_without_mongo_yet_still_installs_the_hub(caplog) -> None:
     assert "jupyterhub" in kube.releases
     assert "run the mongo stage" in caplog.text
     assert out["changes"]
+
+
+def test_jupyter_apply_gives_notebooks_the_connect_token() -> None:
+    kube = RecordingKubeDouble()
+    kube.put_secret(SPARK_CONNECT_NS, spark.CONNECT_TOKEN_SECRET, token="connect-token-value")
+    out = jupyter.apply(_ctx(kube))
+    assert kube.objects["Secret/jupyter/spark-connect-token"]["stringData"] == {"token": "connect-token-value"}
+    assert "Secret jupyter/spark-connect-token written (Spark Connect token)" in out["changes"]
+    assert "connect-token-value" not in json.dumps(out)
+    assert jupyter.apply(_ctx(kube))["changes"] == []
+    kube.put_secret(SPARK_CONNECT_NS, spark.CONNECT_TOKEN_SECRET, token="rotated-token-value")  # the spark stage rotated it
+    assert "Secret jupyter/spark-connect-token written (Spark Connect token)" in jupyter.apply(_ctx(kube))["changes"]
+    assert kube.objects["Secret/jupyter/spark-connect-token"]["stringData"] == {"token": "rotated-token-value"}
+
+
+def test_jupyter_apply_deletes_what_let_notebooks_create_pods() -> None:
+    """A cluster provisioned by an earlier version still has the executor Role, its binding, the
+    notebook admission policy and the executor NetworkPolicy: apply deletes them, once."""
+    kube = RecordingKubeDouble()
+    present = {(kind, name) for kind, name, _ns in jupyter.RETIRED}
+    for kind, name in present:
+        kube.scripted[(kind, name)] = lambda kind=kind, name=name: (
+            {"kind": kind, "metadata": {"name": name}} if (kind, name) in present else None
+        )
+    out = jupyter.apply(_ctx(kube))
+    deleted = [c[1] for c in kube.calls if c[0] == "kubectl" and c[1].startswith("delete ")]
+    assert deleted == [
+        "delete rolebinding notebook-spark-executors --namespace jupyter --ignore-not-found",
+        "delete role notebook-spark-executors --namespace jupyter --ignore-not-found",
+        "delete networkpolicy notebook-spark-executors --namespace jupyter --ignore-not-found",
+        "delete validatingadmissionpolicybinding datacloud-notebook-executors --ignore-not-found",
+        "delete validatingadmissionpolicy datacloud-notebook-executors --ignore-not-found",
+    ]
+    assert "deleted role jupyter/notebook-spark-executors (notebooks create no pods any more)" in out["changes"]
+    present.clear()  # gone now
+    assert not [c for c in jupyter.apply(_ctx(kube))["changes"] if c.startswith("deleted")]
 
 
 def test_jupyter_verify_asks_the_hub_api() -> None:
@@ -229,8 +396,8 @@ def test_monitoring_verify_names_missing_rules() -> None:
 
 
 def test_every_app_stage_has_apply_then_verify() -> None:
-    for module in (spark, monitoring):
-        assert [s.name for s in module.STEPS] == ["apply", "verify"]
+    assert [s.name for s in monitoring.STEPS] == ["apply", "verify"]
+    assert [s.name for s in spark.STEPS] == ["apply", "connections", "verify"]
     assert [s.name for s in jupyter.STEPS] == ["apply", "admin", "verify"]
 
 

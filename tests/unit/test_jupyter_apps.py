@@ -1,23 +1,20 @@
-"""JupyterHub wiring: spawner hooks (with a recording API double), the notebook helper,
-NetworkPolicies for exactly driver<->executor traffic, the images and the example notebook."""
+"""JupyterHub wiring: the notebook helper (Spark Connect), a notebook identity without
+Kubernetes access, NetworkPolicies to the Connect server, the images and the example notebook."""
 
 from __future__ import annotations
 
 import ast
-import asyncio
 import importlib.util
 import json
-import logging
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from datacloud.config import REPO_ROOT
 from datacloud.images import ImageVersionError, check_versions, dockerfile_args
 from datacloud.stages import jupyter, spark
-from tests.unit.apps_fixtures import all_objects, by_kind, inventories, rendered, selects
+from tests.unit.apps_fixtures import all_objects, by_kind, inventories, rendered
 
 IMAGES = REPO_ROOT / "manifests" / "images"
 
@@ -30,100 +27,6 @@ def _load(path: Path, name: str, **globals_):
     return module
 
 
-class RecordingCoreV1Double:
-    """Test double of kubernetes_asyncio's CoreV1Api: records calls, answers 409 when told to."""
-
-    def __init__(self, conflict: bool = False) -> None:
-        self.calls: list[tuple[str, dict]] = []
-        self.conflict = conflict
-
-    async def create_namespaced_service(self, namespace, body):
-        self.calls.append(("create", {"namespace": namespace, "body": body}))
-        if self.conflict:
-            raise type("ApiException", (Exception,), {"status": 409})()
-
-    async def replace_namespaced_service(self, name, namespace, body):
-        self.calls.append(("replace", {"name": name, "namespace": namespace, "body": body}))
-
-
-def _spawner(api, pod_name="jupyter-alice") -> SimpleNamespace:
-    return SimpleNamespace(pod_name=pod_name, namespace="jupyter", api=api, log=logging.getLogger("spawner-double"))
-
-
-def _pod_object(labels=None):
-    container = SimpleNamespace(env=[{"name": "JUPYTERHUB_USER", "value": "alice"}])
-    return SimpleNamespace(
-        metadata=SimpleNamespace(labels=labels or {"component": "singleuser-server"}),
-        spec=SimpleNamespace(containers=[container]),
-    )
-
-
-@pytest.fixture(scope="module")
-def hooks():
-    config = SimpleNamespace(KubeSpawner=SimpleNamespace())
-    module = _load(jupyter.HOOKS_FILE, "spark_driver_service_under_test", c=config)
-    return module, config
-
-
-def test_hooks_are_registered_and_shipped_in_the_values(hooks) -> None:
-    module, config = hooks
-    assert config.KubeSpawner.modify_pod_hook is module.modify_pod
-    assert config.KubeSpawner.after_pod_created_hook is module.create_driver_service
-    values = rendered("reference")["jupyter"].releases[0].values
-    code = values["hub"]["extraConfig"]["datacloud-spark"]
-    assert code == jupyter.HOOKS_FILE.read_text()
-    compile(code, "extraConfig", "exec")
-
-
-def test_modify_pod_labels_the_pod_and_sets_the_driver_environment(hooks) -> None:
-    module, _ = hooks
-    pod = module.modify_pod(_spawner(None), _pod_object())
-    assert pod.metadata.labels[module.LABEL] == "jupyter-alice-spark"
-    env = {e["name"]: e["value"] for e in pod.spec.containers[0].env}
-    assert env["SPARK_DRIVER_HOST"] == "jupyter-alice-spark.jupyter.svc"
-    assert env["SPARK_DRIVER_PORT"] == str(spark.DRIVER_PORT)
-    assert env["SPARK_BLOCK_MANAGER_PORT"] == str(spark.BLOCK_MANAGER_PORT)
-    assert env["JUPYTERHUB_USER"] == "alice"  # existing variables kept
-
-
-def test_after_pod_created_makes_an_owned_headless_service(hooks) -> None:
-    module, _ = hooks
-    api = RecordingCoreV1Double()
-    pod_labels = module.modify_pod(_spawner(api), _pod_object()).metadata.labels
-    pod = {"metadata": {"name": "jupyter-alice", "uid": "uid-1", "labels": pod_labels}}
-    asyncio.run(module.create_driver_service(_spawner(api), pod))
-    ((verb, call),) = api.calls
-    svc = call["body"]
-    assert verb == "create"
-    assert call["namespace"] == "jupyter"
-    assert svc["spec"]["clusterIP"] == "None"
-    assert selects({"matchLabels": svc["spec"]["selector"]}, pod_labels)
-    assert {p["port"] for p in svc["spec"]["ports"]} >= {spark.DRIVER_PORT, spark.BLOCK_MANAGER_PORT}
-    assert svc["metadata"]["ownerReferences"][0] == {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "name": "jupyter-alice",
-        "uid": "uid-1",
-        "blockOwnerDeletion": True,
-    }
-
-
-def test_a_leftover_service_is_replaced_not_fatal(hooks) -> None:
-    module, _ = hooks
-    api = RecordingCoreV1Double(conflict=True)
-    asyncio.run(module.create_driver_service(_spawner(api), {"metadata": {"name": "jupyter-alice", "uid": "u"}}))
-    assert [v for v, _ in api.calls] == ["create", "replace"]
-
-
-def test_long_pod_names_give_valid_service_names(hooks) -> None:
-    module, _ = hooks
-    long = "jupyter-" + "a" * 60
-    name = module.driver_service_name(long)
-    assert len(name) <= 63
-    assert name.endswith("-spark")
-    assert name != module.driver_service_name("jupyter-" + "a" * 59 + "b")
-
-
 # --- the notebook helper -------------------------------------------------------
 
 
@@ -132,79 +35,81 @@ def helper():
     return _load(IMAGES / "jupyter" / "datacloud_spark.py", "datacloud_spark_under_test")
 
 
-def _pod_env(hooks) -> dict[str, str]:
-    """The environment a user pod gets: chart extraEnv plus what modify_pod adds."""
-    module, _ = hooks
+def _pod_env() -> dict[str, str]:
+    """The environment a user pod gets: the chart's extraEnv, Secrets resolved as the kubelet would."""
     values = rendered("reference")["jupyter"].releases[0].values
     env = {k: v for k, v in values["singleuser"]["extraEnv"].items() if isinstance(v, str)}
-    pod = module.modify_pod(_spawner(None), _pod_object())
-    env.update({e["name"]: e["value"] for e in pod.spec.containers[0].env})
-    env["MONGODB_URI"] = "mongodb://reader@mongos.mongo.svc:27017/datacloud"  # from the Secret at run time
+    refs = {k: v["valueFrom"]["secretKeyRef"] for k, v in values["singleuser"]["extraEnv"].items() if not isinstance(v, str)}
+    assert refs == {
+        "DATACLOUD_SPARK_CONNECT_TOKEN": {"name": jupyter.CONNECT_TOKEN_SECRET, "key": "token", "optional": True},
+        "MONGODB_URI": {"name": jupyter.MONGO_SECRET, "key": "uri", "optional": True},
+    }
+    env["DATACLOUD_SPARK_CONNECT_TOKEN"] = "token-from-the-secret"
+    env["MONGODB_URI"] = "mongodb://reader@mongos.mongo.svc:27017/datacloud"
+    env["JUPYTERHUB_USER"] = "alice@example.org"  # KubeSpawner sets it
     return env
 
 
-def test_helper_conf_from_the_spawned_environment(hooks, helper) -> None:
-    inv = inventories()["reference"]
-    conf = helper.session_conf("t", _pod_env(hooks))
-    assert conf["spark.master"].startswith("k8s://https://kubernetes.default.svc")
-    assert conf["spark.submit.deployMode"] == "client"
-    assert conf["spark.kubernetes.namespace"] == "jupyter"
-    assert conf["spark.kubernetes.container.image"] == spark.image(inv)
-    assert conf["spark.driver.host"] == "jupyter-alice-spark.jupyter.svc"
-    assert conf["spark.kubernetes.driver.pod.name"] == "jupyter-alice"
-    assert conf["spark.dynamicAllocation.maxExecutors"] == str(inv.components.spark.max_executors)
+def test_helper_connects_to_the_platforms_connect_server(helper) -> None:
+    settings = helper.connect_settings("t", _pod_env())
+    assert settings["url"] == f"{spark.connect_url()}/;user_id=alice-example.org"
+    assert settings["token"] == "token-from-the-secret"
+    assert "token" not in settings["url"]  # never in the URL: pyspark would then insist on TLS
+    conf = settings["conf"]
+    assert conf["spark.app.name"] == "t"
     assert conf["spark.mongodb.read.database"] == "datacloud"
-    # the executor labels Spark will set are exactly what the NetworkPolicy selects
-    labels = {
-        k.removeprefix("spark.kubernetes.executor.label."): v
-        for k, v in conf.items()
-        if k.startswith("spark.kubernetes.executor.label.")
-    }
-    (pol,) = [
-        p for p in by_kind(all_objects("reference"), "NetworkPolicy") if p["metadata"]["name"] == "notebook-spark-executors"
-    ]
-    assert selects(pol["spec"]["podSelector"], labels)
+    assert not [k for k in conf if k.startswith(("spark.kubernetes.", "spark.master", "spark.driver."))]
+
+
+def test_helper_channel_sends_the_token_as_a_bearer_header_on_plain_grpc(helper) -> None:
+    builder = helper.channel_builder(f"{spark.connect_url()}/;user_id=alice", "s3cret")
+    assert builder.secure is False  # the server has no TLS: pyspark's own token handling would use TLS
+    assert ("authorization", "Bearer s3cret") in list(builder.metadata())
+    assert builder.userId == "alice"
 
 
 def test_helper_refuses_outside_a_notebook_pod(helper) -> None:
-    with pytest.raises(helper.NotInNotebookPod, match="SPARK_DRIVER_HOST, SPARK_KUBERNETES_NAMESPACE"):
-        helper.session_conf("t", {"SPARK_EXECUTOR_IMAGE": "x:1"})
+    with pytest.raises(helper.NotInNotebookPod, match="DATACLOUD_SPARK_CONNECT_TOKEN not set"):
+        helper.connect_settings("t", {"SPARK_CONNECT_URL": spark.connect_url()})
+    with pytest.raises(helper.NotInNotebookPod, match="without parameters"):
+        helper.connect_settings("t", {"SPARK_CONNECT_URL": "sc://h:1/;token=x", "DATACLOUD_SPARK_CONNECT_TOKEN": "t"})
 
 
-def test_notebook_network_allows_exactly_driver_executor_traffic() -> None:
+def test_notebooks_reach_the_connect_server_and_nothing_of_spark_else() -> None:
     objs = all_objects("reference")
-    (pol,) = [p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"] == "notebook-spark-executors"]
-    ingress_ports = {p["port"] for rule in pol["spec"]["ingress"] for p in rule["ports"]}
-    assert ingress_ports == {spark.BLOCK_MANAGER_PORT}
-    egress = {
-        tuple(sorted(rule["to"][0].get("podSelector", {}).get("matchLabels", {}).items())): {p["port"] for p in rule["ports"]}
-        for rule in pol["spec"]["egress"]
-    }
-    assert egress[tuple(sorted(jupyter.NOTEBOOK_LABELS.items()))] == {spark.DRIVER_PORT, spark.BLOCK_MANAGER_PORT}
-    assert egress[tuple(sorted(jupyter.EXECUTOR_LABELS.items()))] == {spark.BLOCK_MANAGER_PORT}
+    (pol,) = [p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"] == "allow-notebooks-to-spark-connect"]
+    assert pol["spec"]["podSelector"] == {"matchLabels": jupyter.NOTEBOOK_LABELS}
+    (rule,) = pol["spec"]["egress"]
+    (peer,) = rule["to"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "spark-connect"}}
+    assert peer["podSelector"] == {"matchLabels": spark.CONNECT_SERVER_LABELS}
+    assert rule["ports"] == [{"protocol": "TCP", "port": spark.CONNECT_PORT}]
     netpol = rendered("reference")["jupyter"].releases[0].values["singleuser"]["networkPolicy"]
-    (ing,) = netpol["ingress"]
-    assert ing["from"] == [{"podSelector": {"matchLabels": jupyter.EXECUTOR_LABELS}}]
-    assert {p["port"] for p in ing["ports"]} == {spark.DRIVER_PORT, spark.BLOCK_MANAGER_PORT}
+    assert "ingress" not in netpol  # no executor connects back any more
     assert netpol["egressAllowRules"]["privateIPs"] is False
-    api = [r for r in netpol["egress"] if "ipBlock" in r["to"][0]]
-    assert api[0]["to"][0]["ipBlock"]["cidr"] == "192.168.1.1/32"
-    assert api[0]["ports"][0]["port"] == 6443
+    assert not [r for r in netpol["egress"] if "ipBlock" in r["to"][0]]  # no API server: notebooks hold no credential
+    # the Connect server admits the notebook pods (same labels) on its gRPC port
+    (allow,) = [p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"] == "allow-connect-clients"]
+    (ingress,) = allow["spec"]["ingress"]
+    (nb,) = [f for f in ingress["from"] if "namespaceSelector" in f]
+    assert nb["podSelector"]["matchLabels"] == jupyter.NOTEBOOK_LABELS
+    assert nb["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "jupyter"}
 
 
-def test_notebook_identity_manages_only_namespaced_executor_resources() -> None:
+def test_notebook_identity_has_no_kubernetes_access() -> None:
     objs = all_objects("reference")
-    (role,) = [o for o in by_kind(objs, "Role") if o["metadata"]["name"] == "notebook-spark-executors"]
-    assert role["metadata"]["namespace"] == "jupyter"
-    assert role["rules"] == [
-        {
-            "apiGroups": [""],
-            "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"],
-            "verbs": ["create", "get", "list", "watch", "delete", "deletecollection"],
-        }
-    ]
+    jupyter_objs = rendered("reference")["jupyter"].all_objects()
+    (sa,) = by_kind(jupyter_objs, "ServiceAccount")
+    assert sa["metadata"]["name"] == jupyter.NOTEBOOK_SA
+    assert sa["automountServiceAccountToken"] is False
+    assert not by_kind(jupyter_objs, "Role") and not by_kind(jupyter_objs, "RoleBinding")
+    bound = [s for b in by_kind(objs, "RoleBinding") + by_kind(objs, "ClusterRoleBinding") for s in b.get("subjects", [])]
+    assert not [s for s in bound if s.get("name") == jupyter.NOTEBOOK_SA]
+    assert not [o for o in jupyter_objs if o["kind"].startswith("ValidatingAdmissionPolicy")]
     values = rendered("reference")["jupyter"].releases[0].values
     assert values["singleuser"]["serviceAccountName"] == jupyter.NOTEBOOK_SA
+    assert values["hub"]["config"]["KubeSpawner"]["automount_service_account_token"] is False
+    assert "extraConfig" not in values["hub"]  # no spawner hooks: no per-user driver Service
     assert values["singleuser"]["storage"]["dynamic"]["storageClass"] == "rook-ceph-block"
     assert values["cull"]["enabled"] is True
     assert values["cull"]["timeout"] == 3600
@@ -263,23 +168,6 @@ def test_example_notebook_reads_daily_delay_stats_and_plots() -> None:
     assert '"daily_delay_stats"' in code
     assert 'format("mongodb")' in code
     assert ".plot" in code
-
-
-def test_admission_policy_narrows_what_notebooks_may_create() -> None:
-    inv = inventories()["reference"]
-    objs = all_objects("reference")
-    (vap,) = by_kind(objs, "ValidatingAdmissionPolicy")
-    (binding,) = by_kind(objs, "ValidatingAdmissionPolicyBinding")
-    assert binding["spec"]["policyName"] == vap["metadata"]["name"]
-    assert binding["spec"]["validationActions"] == ["Deny"]
-    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "jupyter"}
-    (cond,) = vap["spec"]["matchConditions"]
-    assert cond["expression"] == 'request.userInfo.username == "system:serviceaccount:jupyter:spark-notebook"'
-    rules = " ".join(v["expression"] for v in vap["spec"]["validations"])
-    assert f"c.image == '{spark.image(inv)}'" in rules
-    assert "spark-role" in rules
-    assert "persistentVolumeClaim" not in rules  # claims are not in the allowed volume kinds
-    assert "has(v.emptyDir) || has(v.configMap) || has(v.projected) || has(v.secret)" in rules
 
 
 def _bootstrap(tmp_path: Path, *passwords: str, rotate: bool = False) -> list[str]:

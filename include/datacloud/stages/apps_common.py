@@ -13,6 +13,8 @@ from datacloud.inventory import Inventory, Resources
 
 SPARK_OPERATOR_NS = "spark-operator"
 SPARK_JOBS_NS = "spark-jobs"
+# The Spark Connect server and its executors (notebooks and pipelines), apart from batch jobs.
+SPARK_CONNECT_NS = "spark-connect"
 JUPYTER_NS = "jupyter"
 MONITORING_NS = "monitoring"
 # Owned by the storage/mongo stages; named here only to open traffic towards them.

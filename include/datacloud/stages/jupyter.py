@@ -1,13 +1,18 @@
-"""Stage jupyter: JupyterHub (zero-to-jupyterhub chart) wired to Spark and MongoDB.
+"""Stage jupyter: JupyterHub (zero-to-jupyterhub chart) wired to Spark Connect and MongoDB.
 
 ``render(inv)`` gives the namespace, the notebook identity (ServiceAccount
-``spark-notebook`` with a Role limited to executor pods in ``jupyter``), the
-NetworkPolicies for driver<->executor traffic, and the chart release whose values
-set: NativeAuthenticator (sign-up closed until the admin step has created the
-admin's account, then open with an admin's approval; never the dummy authenticator), per-user volumes on the block StorageClass, idle culling, the
-single-user image from manifests/images/jupyter, and the spawner hooks of
-manifests/jupyter/spark_driver_service.py that give every user pod its Spark
-driver Service.
+``spark-notebook``: no Role, token never mounted), the NetworkPolicies (notebook
+pods may reach the platform's Spark Connect server), and the chart release whose
+values set: NativeAuthenticator (sign-up closed until the admin step has created the
+admin's account, then open with an admin's approval; never the dummy authenticator),
+per-user volumes on the block StorageClass, idle culling, the single-user image from
+manifests/images/jupyter, and the environment its ``spark_session()`` connects with
+(the Connect server's URL; its token from Secret ``jupyter/spark-connect-token``,
+which the apply step copies from the spark stage's Secret).
+
+Notebooks create no pods: Spark runs in the Connect server of the spark stage, so
+the per-user driver Service, the executor Role and the notebook admission policy of
+earlier versions are gone, and the apply step deletes them from a cluster that has them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from datacloud.images import name_and_tag, own_image, pull_policy
 from datacloud.inventory import Inventory
 from datacloud.render import Release, Rendered, render_template, versions
 from datacloud.stages import spark
-from datacloud.stages.apps_common import JUPYTER_NS, netpol_context, resources, storage_classes
+from datacloud.stages.apps_common import JUPYTER_NS, SPARK_CONNECT_NS, netpol_context, resources, storage_classes
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +33,20 @@ RELEASE = "jupyterhub"
 NOTEBOOK_SA = "spark-notebook"
 ADMIN_USER = "datacloud-admin"
 MONGO_SECRET = "notebook-mongo"  # noqa: S105 - a Secret name; key `uri`: created by the stage from the datacloud_mongo connection
-# Labels KubeSpawner/z2jh put on user pods, and Spark on executor pods
-# (manifests/monitoring/chart-labels.yaml records where they come from).
-NOTEBOOK_LABELS = {"component": "singleuser-server"}
-EXECUTOR_LABELS = {"spark-role": "executor", "datacloud/notebook-executor": "true"}
-HOOKS_FILE = MANIFESTS_DIR / "jupyter" / "spark_driver_service.py"
+# The Spark Connect token for notebooks (key `token`): a copy of the spark stage's Secret.
+CONNECT_TOKEN_SECRET = "spark-connect-token"  # noqa: S105 - a Secret name, not a value
+CONNECT_TOKEN_ENV = "DATACLOUD_SPARK_CONNECT_TOKEN"  # noqa: S105 - a variable name (not pyspark's own: see datacloud_spark.py)
+# Labels KubeSpawner/z2jh put on user pods (manifests/monitoring/chart-labels.yaml records where they come from).
+NOTEBOOK_LABELS = dict(spark.NOTEBOOK_POD_LABELS)
+# What earlier versions of this stage applied for notebook executors, deleted by apply when present:
+# (kind, name, namespace or None for cluster-scoped).
+RETIRED = (
+    ("rolebinding", "notebook-spark-executors", JUPYTER_NS),
+    ("role", "notebook-spark-executors", JUPYTER_NS),
+    ("networkpolicy", "notebook-spark-executors", JUPYTER_NS),
+    ("validatingadmissionpolicybinding", "datacloud-notebook-executors", None),
+    ("validatingadmissionpolicy", "datacloud-notebook-executors", None),
+)
 
 
 def image(inv: Inventory) -> tuple[str, str]:
@@ -51,7 +65,6 @@ def hub_release(inv: Inventory, signup: bool = False) -> Release:
     classes = storage_classes(inv)
     chart = versions()["jupyter"]["chart"]
     name, tag = image(inv)
-    executors = {"podSelector": {"matchLabels": EXECUTOR_LABELS}}
     values: dict[str, Any] = {
         "hub": {
             "config": {
@@ -65,11 +78,13 @@ def hub_release(inv: Inventory, signup: bool = False) -> Release:
                     "allowed_failed_logins": 5,
                     "seconds_before_next_try": 600,
                 },
+                # Notebook pods get no Kubernetes credential at all (KubeSpawner would mount the
+                # named ServiceAccount's token).
+                "KubeSpawner": {"automount_service_account_token": False},
             },
             "resources": resources(j.hub),
             "db": {"type": "sqlite-pvc", "pvc": {"storageClassName": classes["block"], "storage": "1Gi"}},
             "networkPolicy": {"enabled": True},
-            "extraConfig": {"datacloud-spark": HOOKS_FILE.read_text()},
         },
         "proxy": {
             "service": {"type": "ClusterIP"},
@@ -89,21 +104,16 @@ def hub_release(inv: Inventory, signup: bool = False) -> Release:
             },
             "startTimeout": 600,
             "extraEnv": {
-                "SPARK_EXECUTOR_IMAGE": spark.image(inv),
-                "SPARK_MIN_EXECUTORS": str(inv.components.spark.min_executors),
-                "SPARK_MAX_EXECUTORS": str(inv.components.spark.max_executors),
-                "SPARK_EXECUTOR_CORES": str(max(1, inv.components.spark.executor.cpu_m // 1000)),
-                "SPARK_EXECUTOR_MEMORY": spark.jvm_memory(inv.components.spark.executor)[0],
-                "SPARK_EXECUTOR_MEMORY_OVERHEAD": spark.jvm_memory(inv.components.spark.executor)[1],
+                "SPARK_CONNECT_URL": spark.connect_url(),
+                CONNECT_TOKEN_ENV: {
+                    "valueFrom": {"secretKeyRef": {"name": CONNECT_TOKEN_SECRET, "key": "token", "optional": True}}
+                },
                 "MONGODB_URI": {"valueFrom": {"secretKeyRef": {"name": MONGO_SECRET, "key": "uri", "optional": True}}},
             },
             "networkPolicy": {
                 "enabled": True,
-                # Executors connect back to the notebook's driver and block manager.
-                "ingress": [{"from": [executors], "ports": _ports(spark.DRIVER_PORT, spark.BLOCK_MANAGER_PORT)}],
+                # Spark Connect: our NetworkPolicy allow-notebooks-to-spark-connect (networkpolicies.yaml.j2).
                 "egress": [
-                    {"to": [executors], "ports": _ports(spark.BLOCK_MANAGER_PORT)},
-                    {"to": [{"ipBlock": {"cidr": net["apiserver_cidr"]}}], "ports": _ports(net["apiserver_port"])},
                     {
                         "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": net["mongo_ns"]}}}],
                         "ports": _ports(net["mongo_port"]),
@@ -130,15 +140,14 @@ def _context(inv: Inventory) -> dict[str, Any]:
         "ns": JUPYTER_NS,
         "notebook_sa": NOTEBOOK_SA,
         "notebook_labels": NOTEBOOK_LABELS,
-        "executor_labels": EXECUTOR_LABELS,
-        "driver_port": spark.DRIVER_PORT,
-        "block_manager_port": spark.BLOCK_MANAGER_PORT,
+        "connect_ns": SPARK_CONNECT_NS,
+        "connect_port": spark.CONNECT_PORT,
+        "connect_server_labels": spark.CONNECT_SERVER_LABELS,
         "net": netpol_context(inv),
-        "spark_image": spark.image(inv),
     }
 
 
-STEMS = ("namespace", "rbac", "admission", "networkpolicies")
+STEMS = ("namespace", "rbac", "networkpolicies")
 
 
 def render(inv: Inventory) -> Rendered:
@@ -183,6 +192,34 @@ def notebook_mongo_secret(kube: Any) -> tuple[dict[str, Any] | None, str]:
     return secret_object(MONGO_SECRET, JUPYTER_NS, {"uri": uri}, "notebook"), "changed"
 
 
+def notebook_connect_secret(kube: Any) -> tuple[dict[str, Any] | None, str]:
+    """The Secret `spark-connect-token` for notebooks (key `token`) from the spark stage's, or why not."""
+    from datacloud.stages.apps_common import secret_object, secret_value
+
+    token = spark.connect_token(kube)
+    if token is None:
+        return None, f"Secret {SPARK_CONNECT_NS}/{spark.CONNECT_TOKEN_SECRET} does not exist yet (run the spark stage)"
+    if secret_value(kube, CONNECT_TOKEN_SECRET, JUPYTER_NS, "token") == token:
+        return None, "unchanged"
+    return secret_object(CONNECT_TOKEN_SECRET, JUPYTER_NS, {"token": token}, "notebook"), "changed"
+
+
+def retire(kube: Any, dry_run: bool) -> list[str]:
+    """Delete what earlier versions applied for notebook executors (RETIRED), where it still exists."""
+    changes = []
+    for kind, name, namespace in RETIRED:
+        if kube.get_json(kind, name, namespace=namespace) is None:
+            continue
+        where = f"{namespace}/" if namespace else ""
+        if dry_run:
+            changes.append(f"would delete {kind} {where}{name} (notebooks create no pods any more)")
+            continue
+        ns_args = ("--namespace", namespace) if namespace else ()
+        kube.kubectl("delete", kind, name, *ns_args, "--ignore-not-found")
+        changes.append(f"deleted {kind} {where}{name} (notebooks create no pods any more)")
+    return changes
+
+
 def apply(ctx: Any) -> dict[str, Any]:
     """Images agree; namespace, identity and policies; the MongoDB URI Secret; the JupyterHub chart."""
     from datacloud.images import check_versions
@@ -194,6 +231,16 @@ def apply(ctx: Any) -> dict[str, Any]:
     changes: list[str] = []
     for stem in STEMS:
         changes += [f"{oid} applied" for oid in kube.apply(rendered.objects[stem]).changed]
+    changes += retire(kube, ctx.dry_run)
+    token, why = notebook_connect_secret(kube)
+    if token is not None:
+        if not ctx.dry_run:
+            kube.apply([token])
+        changes.append(
+            f"Secret {JUPYTER_NS}/{CONNECT_TOKEN_SECRET} {'would be ' if ctx.dry_run else ''}written (Spark Connect token)"
+        )
+    elif why != "unchanged":
+        log.warning("JupyterHub | Spark Connect | %s; spark_session() fails in notebooks until the stage runs again", why)
     secret, why = notebook_mongo_secret(kube)
     if secret is not None:
         kube.apply([secret])

@@ -1,9 +1,20 @@
-"""Stage spark: the Kubeflow spark-operator, the `spark` identity and the History Server.
+"""Stage spark: the Kubeflow spark-operator, the `spark` identity, the History Server and Spark Connect.
 
 ``render(inv)`` gives everything the stage applies (pure): namespaces
-``spark-operator`` (the operator, watching only ``spark-jobs``) and ``spark-jobs``
-(ServiceAccount ``spark`` bound to a namespaced Role, the History Server on a
-shared event-log claim, NetworkPolicies, a ScheduledSparkApplication example).
+``spark-operator`` (the operator, watching ``spark-jobs`` and ``spark-connect``),
+``spark-jobs`` (ServiceAccount ``spark`` bound to a namespaced Role, the History
+Server on a shared event-log claim, NetworkPolicies, a ScheduledSparkApplication
+example, and ``airflow-submitter``: the namespaced identity Airflow submits
+SparkApplications with) and ``spark-connect`` (the operator's SparkConnect server for
+notebooks and pipelines, its own identity, an admission policy for the executor
+pods it creates, NetworkPolicies letting only notebooks and Airflow reach it).
+
+The run side generates the Connect server's token once (Secret
+``spark-connect/spark-connect-token``; rotated only when annotated
+``datacloud/rotate=true``), creates the submitter's long-lived token Secret, and
+stores both as Airflow connections: ``datacloud_spark_connect`` (Spark Connect
+type, the token as password) and ``datacloud_kubernetes_spark`` (a kubeconfig with
+the submitter's token, the API server address and CA).
 ``application_spec(inv, ...)`` is the SparkApplication spec every job here shares:
 event logs to the History Server's claim, dynamic allocation with shuffle tracking
 (min/max executors from the inventory), pod sizes from the inventory.
@@ -19,6 +30,7 @@ from datacloud.inventory import Inventory, Resources
 from datacloud.render import Release, Rendered, render_template, versions
 from datacloud.stages.apps_common import (
     JUPYTER_NS,
+    SPARK_CONNECT_NS,
     SPARK_JOBS_NS,
     SPARK_OPERATOR_NS,
     labels,
@@ -48,6 +60,26 @@ OPERATOR_CONTROLLER_LABELS = {
 }
 OPERATOR_WEBHOOK_LABELS = {**OPERATOR_CONTROLLER_LABELS, "app.kubernetes.io/component": "webhook"}
 HISTORY_LABELS = labels("spark-history", "spark-history-server")
+
+# --- Spark Connect (namespace spark-connect) ---
+CONNECT_NAME = "datacloud-connect"  # the SparkConnect object; the operator names pod and Service <name>-server
+CONNECT_SERVICE = f"{CONNECT_NAME}-server"
+CONNECT_PORT = 15002
+CONNECT_SA = "spark-connect"
+CONNECT_TOKEN_SECRET = "spark-connect-token"  # noqa: S105 - a Secret name; key `token`, generated at run time
+CONNECT_TOKEN_KEY = "token"  # noqa: S105 - a key name
+# Our label on the server pod (the operator adds its own): the NetworkPolicies select it, and the
+# admission policy admits no pod of the server's identity with a datacloud/ label, so no executor poses as it.
+CONNECT_SERVER_LABELS = {"datacloud/connect-role": "server"}
+# Labels KubeSpawner puts on notebook pods (the only jupyter pods that may reach the server).
+NOTEBOOK_POD_LABELS = {"component": "singleuser-server"}
+DRIVER_CONTAINER = "spark-kubernetes-driver"  # the operator's name for the server container
+EXECUTOR_CONTAINER = "spark-kubernetes-executor"
+CONNECT_USER_ID = "airflow"  # the Spark Connect user id Airflow's sessions carry
+
+# --- Spark submission from Airflow (namespace spark-jobs) ---
+SUBMITTER_SA = "airflow-submitter"
+SUBMITTER_TOKEN_SECRET = f"{SUBMITTER_SA}-token"
 
 
 def spark_version() -> str:
@@ -171,6 +203,102 @@ def application_spec(
     return spec
 
 
+def connect_host() -> str:
+    """The in-cluster DNS name of the Connect server's Service."""
+    return f"{CONNECT_SERVICE}.{SPARK_CONNECT_NS}.svc.cluster.local"
+
+
+def connect_url() -> str:
+    """The server's address as a Spark Connect URL (no token: clients add it)."""
+    return f"sc://{connect_host()}:{CONNECT_PORT}"
+
+
+def connect_spec(inv: Inventory) -> dict[str, Any]:
+    """The SparkConnect spec: the platform's image, server sized as a driver, executors as the inventory says."""
+    sp = inv.components.spark
+    d_heap, _d_over = jvm_memory(sp.driver)
+    e_heap, e_over = jvm_memory(sp.executor)
+    img, policy = image(inv), pull_policy(image(inv))
+    pod_security = {"runAsNonRoot": True, "runAsUser": SPARK_USER_ID, "runAsGroup": SPARK_USER_ID, "fsGroup": SPARK_USER_ID,
+                    "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+    container_security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    return {
+        "sparkVersion": spark_version(),
+        "image": img,
+        "sparkConf": {
+            # The server authenticates to the API server with its ServiceAccount's mounted token.
+            "spark.connect.grpc.binding.port": str(CONNECT_PORT),
+            "spark.kubernetes.container.image.pullPolicy": policy,
+            "spark.executor.memoryOverhead": e_over,
+            "spark.dynamicAllocation.executorIdleTimeout": "60s",
+            "spark.sql.session.timeZone": "UTC",
+            "spark.ui.prometheus.enabled": "true",
+        },
+        "server": {
+            "cores": max(1, sp.driver.cpu_m // 1000),
+            "memory": d_heap,
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/part-of": "datacloud", **CONNECT_SERVER_LABELS}},
+                "spec": {
+                    "serviceAccountName": CONNECT_SA,
+                    "securityContext": pod_security,
+                    "containers": [
+                        {
+                            "name": DRIVER_CONTAINER,
+                            "image": img,
+                            "imagePullPolicy": policy,
+                            "resources": resources(sp.driver),
+                            "securityContext": container_security,
+                            "env": [
+                                # Spark Connect reads spark.connect.authenticate.token from this variable.
+                                {
+                                    "name": "SPARK_CONNECT_AUTHENTICATE_TOKEN",
+                                    "valueFrom": {"secretKeyRef": {"name": CONNECT_TOKEN_SECRET, "key": CONNECT_TOKEN_KEY}},
+                                },
+                                {"name": "SPARK_LOG_DIR", "value": "/tmp/spark-logs"},
+                                {"name": "SPARK_PID_DIR", "value": "/tmp"},
+                            ],
+                        }
+                    ],
+                },
+            },
+        },
+        "executor": {
+            "cores": max(1, sp.executor.cpu_m // 1000),
+            "memory": e_heap,
+            "instances": sp.min_executors,
+            "template": {
+                "spec": {
+                    "securityContext": pod_security,
+                    "containers": [{"name": EXECUTOR_CONTAINER, "securityContext": container_security}],
+                },
+            },
+        },
+        "dynamicAllocation": {
+            "enabled": True,
+            "initialExecutors": sp.min_executors,
+            "minExecutors": sp.min_executors,
+            "maxExecutors": sp.max_executors,
+            "shuffleTrackingEnabled": True,
+        },
+    }
+
+
+def submitter_token_secret() -> dict[str, Any]:
+    """The long-lived token Secret of ``airflow-submitter`` (the token controller fills it in)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/service-account-token",
+        "metadata": {
+            "name": SUBMITTER_TOKEN_SECRET,
+            "namespace": SPARK_JOBS_NS,
+            "labels": {"app.kubernetes.io/part-of": "datacloud", "app.kubernetes.io/component": "spark-submit"},
+            "annotations": {"kubernetes.io/service-account.name": SUBMITTER_SA},
+        },
+    }
+
+
 def operator_release(inv: Inventory) -> Release:
     chart = versions()["spark"]["operator_chart"]
     op = resources(inv.components.spark.operator)
@@ -186,7 +314,7 @@ def operator_release(inv: Inventory) -> Release:
         "webhook": {"enable": True, "replicas": 1, "port": 9443, "resources": op, "securityContext": security},
         # Our own ServiceAccount `spark` and its namespaced Role live in spark/rbac.yaml.j2.
         "spark": {
-            "jobNamespaces": [SPARK_JOBS_NS],
+            "jobNamespaces": [SPARK_JOBS_NS, SPARK_CONNECT_NS],
             "serviceAccount": {"create": False, "name": "spark"},
             "rbac": {"create": False},
         },
@@ -205,6 +333,18 @@ def _context(inv: Inventory) -> dict[str, Any]:
     return {
         "operator_ns": SPARK_OPERATOR_NS,
         "jobs_ns": SPARK_JOBS_NS,
+        "connect_ns": SPARK_CONNECT_NS,
+        "connect_name": CONNECT_NAME,
+        "connect_service": CONNECT_SERVICE,
+        "connect_port": CONNECT_PORT,
+        "connect_sa": CONNECT_SA,
+        "connect_token_secret": CONNECT_TOKEN_SECRET,
+        "connect_server_labels": CONNECT_SERVER_LABELS,
+        "server_label_key": next(iter(CONNECT_SERVER_LABELS)),
+        "notebook_labels": NOTEBOOK_POD_LABELS,
+        "connect_spec": connect_spec(inv),
+        "spark_image": image(inv),
+        "submitter_sa": SUBMITTER_SA,
         "jupyter_ns": JUPYTER_NS,
         "spark": sp,
         "image": image(inv),
@@ -232,12 +372,15 @@ def render_smoke(inv: Inventory, name: str) -> list[dict[str, Any]]:
     return render_template("spark/smoke.yaml.j2", name=name, **ctx)
 
 
+# Applied in this order; the last two need the operator's CRDs, so they come after the chart.
+BEFORE_CHART = ("namespaces", "rbac", "history-server", "networkpolicies", "connect-admission")
+AFTER_CHART = ("scheduled", "connect")
+RENDERED = BEFORE_CHART + AFTER_CHART
+
+
 def render(inv: Inventory) -> Rendered:
     ctx = _context(inv)
-    objects = {
-        stem: render_template(f"spark/{stem}.yaml.j2", **ctx)
-        for stem in ("namespaces", "rbac", "history-server", "networkpolicies", "scheduled")
-    }
+    objects = {stem: render_template(f"spark/{stem}.yaml.j2", **ctx) for stem in RENDERED}
     return Rendered(objects=objects, releases=[operator_release(inv)])
 
 
@@ -253,22 +396,212 @@ def _applied(changes: list[str], result: Any) -> None:
 
 
 def apply(ctx: Any) -> dict[str, Any]:
-    """Namespaces, identity, History Server and policies; the operator chart; the scheduled example."""
+    """Namespaces, identities, History Server, policies and tokens; the operator chart; the CRD objects."""
     inv = ctx.inv
     spark_image = require_registry(inv)
     rendered = render(inv)
     kube = ctx.kube()
     changes: list[str] = []
-    for stem in ("namespaces", "rbac", "history-server", "networkpolicies"):
+    for stem in BEFORE_CHART:
         _applied(changes, kube.apply(rendered.objects[stem]))
+    # Secrets before the server that reads its token: generated once, rotated only when annotated.
+    change = converge_connect_token(kube, ctx.dry_run)
+    if change:
+        changes.append(change)
+    _applied(changes, kube.apply([submitter_token_secret()]))
     for release in rendered.releases:
         if kube.helm_upgrade(release):
             changes.append(f"helm release {release.name} {release.chart} {release.version} installed or upgraded")
-    # The ScheduledSparkApplication needs the operator's CRDs, so it comes after the chart.
-    _applied(changes, kube.apply(rendered.objects["scheduled"]))
+    for stem in AFTER_CHART:
+        _applied(changes, kube.apply(rendered.objects[stem]))
     if not ctx.dry_run:
         kube.rollout_status("deployment", "spark-history-server", namespace=SPARK_JOBS_NS, timeout_s=600)
     return _outcome("apply", changes, ctx.dry_run, storage=storage_classes(inv)["shared"], image=spark_image)
+
+
+# --- tokens and the Airflow connections --------------------------------------------
+
+
+def _mask(value: str) -> None:
+    from datacloud.stages.mongo import _mask as mask
+
+    mask(value)
+
+
+def new_connect_token() -> str:
+    """43 URL-safe characters (256 bits) from the OS's CSPRNG."""
+    import secrets
+
+    return secrets.token_urlsafe(32)
+
+
+def connect_token(kube: Any) -> str | None:
+    """The Connect server's token (masked), or None before the apply step created it."""
+    from datacloud.stages.apps_common import secret_value
+
+    value = secret_value(kube, CONNECT_TOKEN_SECRET, SPARK_CONNECT_NS, CONNECT_TOKEN_KEY)
+    if value is not None:
+        _mask(value)
+    return value
+
+
+def converge_connect_token(kube: Any, dry_run: bool) -> str | None:
+    """Create the token Secret once; a re-run keeps it; ``datacloud/rotate=true`` on it asks for a new one."""
+    from datacloud.errors import UserError
+    from datacloud.stages.apps_common import secret_object
+    from datacloud.stages.mongo import ROTATE_ANNOTATION
+
+    obj = kube.get_json("secret", CONNECT_TOKEN_SECRET, namespace=SPARK_CONNECT_NS)
+    current = connect_token(kube) if obj is not None else None
+    annotation = ((obj or {}).get("metadata") or {}).get("annotations", {}).get(ROTATE_ANNOTATION)
+    if annotation not in (None, "true"):
+        raise UserError(
+            f"Secret {SPARK_CONNECT_NS}/{CONNECT_TOKEN_SECRET} has annotation {ROTATE_ANNOTATION}={annotation[:40]!r}; set it "
+            f"to true to rotate the Spark Connect token, or remove it with: kubectl annotate secret --namespace "
+            f"{SPARK_CONNECT_NS} {CONNECT_TOKEN_SECRET} {ROTATE_ANNOTATION}-"
+        )
+    rotate = current is not None and annotation == "true"
+    if current is not None and not rotate:
+        log.info("Spark | Connect | token Secret %s/%s exists (unchanged)", SPARK_CONNECT_NS, CONNECT_TOKEN_SECRET)
+        return None
+    would = "would be " if dry_run else ""
+    what = f"Secret/{SPARK_CONNECT_NS}/{CONNECT_TOKEN_SECRET} {would}{'rotated' if rotate else 'created'} (Spark Connect token)"
+    if dry_run:
+        return what
+    token = new_connect_token()
+    _mask(token)
+    kube.apply([secret_object(CONNECT_TOKEN_SECRET, SPARK_CONNECT_NS, {CONNECT_TOKEN_KEY: token}, "spark-connect")])
+    if rotate:
+        kube.kubectl("annotate", "secret", CONNECT_TOKEN_SECRET, "--namespace", SPARK_CONNECT_NS, f"{ROTATE_ANNOTATION}-")
+        # The server reads the token at start: a new server pod picks the new one up.
+        kube.kubectl("delete", "pod", CONNECT_SERVICE, "--namespace", SPARK_CONNECT_NS, "--ignore-not-found", check=False)
+    return what
+
+
+def connect_connection(token: str) -> dict[str, Any]:
+    """The ``datacloud_spark_connect`` connection (the Spark provider's spark_connect type)."""
+    return {
+        "conn_type": "spark_connect",
+        "host": connect_host(),
+        "port": CONNECT_PORT,
+        "login": CONNECT_USER_ID,
+        "password": token,
+        "description": (
+            "Spark Connect server of the platform (written by provision_platform). The server speaks plain gRPC: "
+            "reach it through an SSH forward from the control plane and connect to localhost, where pyspark "
+            "sends the token without TLS"
+        ),
+        "extra": {"use_ssl": False},
+    }
+
+
+SUBMITTER_TOKEN_TIMEOUT_S = 120
+
+
+def submitter_token(kube: Any, *, clock: Any = None, sleep: Any = None) -> tuple[str, str]:
+    """(token, CA in PEM) of ``airflow-submitter``, once the token controller has filled its Secret in."""
+    import base64
+
+    from datacloud.stages.apps_common import Poller
+
+    found: dict[str, str] = {}
+
+    def filled() -> tuple[bool, str]:
+        obj = kube.get_json("secret", SUBMITTER_TOKEN_SECRET, namespace=SPARK_JOBS_NS) or {}
+        data = obj.get("data") or {}
+        if data.get("token") and data.get("ca.crt"):
+            found["token"] = base64.b64decode(data["token"]).decode()
+            found["ca"] = base64.b64decode(data["ca.crt"]).decode()
+            _mask(found["token"])
+            return True, "token issued"
+        return False, "waiting for the token controller" if obj else "Secret not created yet"
+
+    Poller(
+        f"Spark | Submitter | {SUBMITTER_TOKEN_SECRET}", SUBMITTER_TOKEN_TIMEOUT_S, interval_s=2, clock=clock, sleep=sleep
+    ).run(filled, log)
+    return found["token"], found["ca"]
+
+
+def api_server_address(kube: Any) -> str:
+    """The API server URL of the admin kubeconfig on the control plane (the address Airflow uses today)."""
+    from datacloud.errors import TransientError
+
+    res = kube.kubectl(
+        "config", "view", "--minify", "--output", "jsonpath={.clusters[0].cluster.server}", check=False, quiet=True
+    )
+    server = (res.stdout or "").strip()
+    if res.rc != 0 or not server.startswith("https://"):
+        raise TransientError(f"could not read the API server address from the admin kubeconfig (got {server[:60]!r})")
+    return server
+
+
+def submitter_kubeconfig(server: str, ca_pem: str, token: str, cluster: str) -> str:
+    """A kubeconfig for ``airflow-submitter``: namespace spark-jobs, the token, the cluster's CA."""
+    import base64
+    import json
+
+    ca = base64.b64encode(ca_pem.encode()).decode()
+    user = f"{SUBMITTER_SA}@{cluster}"
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": ca}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": cluster, "user": user, "namespace": SPARK_JOBS_NS}}],
+        "current-context": user,
+    }
+    return json.dumps(doc, indent=2)  # JSON is YAML: the Kubernetes hook loads either
+
+
+def submit_connection(kubeconfig: str, cluster: str) -> dict[str, Any]:
+    """The ``datacloud_kubernetes_spark`` connection (kubernetes type, extra kube_config)."""
+    return {
+        "conn_type": "kubernetes",
+        "description": (
+            f"ServiceAccount {SPARK_JOBS_NS}/{SUBMITTER_SA} of cluster {cluster}: SparkApplications in {SPARK_JOBS_NS} "
+            "only (written by provision_platform)"
+        ),
+        "extra": {"kube_config": kubeconfig, "namespace": SPARK_JOBS_NS},
+    }
+
+
+def _same_connection(current: dict[str, Any] | None, fields: dict[str, Any]) -> bool:
+    return current is not None and all(current.get(k) == v for k, v in fields.items() if k != "description")
+
+
+def connections(ctx: Any, *, clock: Any = None, sleep: Any = None) -> dict[str, Any]:
+    """Store the Connect token and the submitter's kubeconfig as Airflow connections (unchanged ones untouched)."""
+    from datacloud.config import SPARK_CONNECT_CONN_ID, SPARK_SUBMIT_CONN_ID
+    from datacloud.errors import TransientError
+    from datacloud.stages.mongo import _current_fields, _write_connection, publish_connection
+
+    def _comparable_fields(fields: dict[str, Any]) -> Any:
+        # what is stored, as far as it can be read back (the description is not): equal means unchanged
+        return lambda conn_id: fields if _same_connection(_current_fields(conn_id), fields) else None
+
+    kube = ctx.kube()
+    token = connect_token(kube)
+    if ctx.dry_run and token is None:
+        return _outcome("connections", [f"would store connections {SPARK_CONNECT_CONN_ID}, {SPARK_SUBMIT_CONN_ID}"], True)
+    if token is None:
+        raise TransientError(f"Secret {SPARK_CONNECT_NS}/{CONNECT_TOKEN_SECRET} is missing; the apply step has not finished")
+    cluster = ctx.inv.cluster.name
+    if ctx.dry_run and not ((kube.get_json("secret", SUBMITTER_TOKEN_SECRET, namespace=SPARK_JOBS_NS) or {}).get("data") or {}):
+        return _outcome("connections", [f"would store connection {SPARK_SUBMIT_CONN_ID} once its token exists"], True)
+    sa_token, ca = submitter_token(kube, clock=clock, sleep=sleep)
+    kubeconfig = submitter_kubeconfig(api_server_address(kube), ca, sa_token, cluster)
+    _mask(kubeconfig)
+    wanted = {SPARK_CONNECT_CONN_ID: connect_connection(token), SPARK_SUBMIT_CONN_ID: submit_connection(kubeconfig, cluster)}
+    changes: list[str] = []
+    for conn_id, fields in wanted.items():
+        if ctx.dry_run:
+            if not _same_connection(_current_fields(conn_id), fields):
+                changes.append(f"would store connection {conn_id}")
+        elif publish_connection(conn_id, fields, _comparable_fields(fields), _write_connection):
+            changes.append(f"connection {conn_id} stored")
+    return _outcome(
+        "connections", changes, ctx.dry_run, connect_conn_id=SPARK_CONNECT_CONN_ID, submit_conn_id=SPARK_SUBMIT_CONN_ID
+    )
 
 
 def _outcome(step: str, changes: list[str], dry_run: bool, **facts: Any) -> dict[str, Any]:
@@ -300,8 +633,9 @@ def verify(ctx: Any, *, name: str | None = None, clock: Any = None, sleep: Any =
 
     spark_image = require_registry(ctx.inv)
     if ctx.dry_run:
-        return _outcome("verify", [], True, verified=False, image=spark_image)
+        return _outcome("verify", [], True, verified=False, image=spark_image, connect_url=connect_url())
     kube = ctx.kube()
+    connect_state = wait_connect_ready(kube, clock=clock, sleep=sleep)
     name = name or "datacloud-verify-" + time.strftime("%Y%m%dt%H%M%S", time.gmtime())
     app = render_smoke(ctx.inv, name)
     kube.apply(app)
@@ -336,13 +670,38 @@ def verify(ctx: Any, *, name: str | None = None, clock: Any = None, sleep: Any =
     finally:
         kube.kubectl("delete", "sparkapplication", name, "--namespace", SPARK_JOBS_NS, "--ignore-not-found", check=False)
     # `image` is recorded in the platform state: the flights pipeline's Kubernetes target runs it.
-    return _outcome("verify", [], False, verified=True, application=name, spark_application_id=app_id, image=spark_image)
+    # `connect_url` too: the address notebooks and the connect target use (recorded, no token).
+    return _outcome(
+        "verify", [], False, verified=True, application=name, spark_application_id=app_id, image=spark_image,
+        connect_url=connect_url(), connect_state=connect_state,
+    )  # fmt: skip
+
+
+CONNECT_TIMEOUT_S = 600
+
+
+def wait_connect_ready(kube: Any, *, clock: Any = None, sleep: Any = None) -> str:
+    """Wait until the operator reports the SparkConnect server Ready (its pod answers on 15002)."""
+    from datacloud.errors import TransientError
+    from datacloud.stages.apps_common import Poller
+
+    def ready() -> tuple[bool, str]:
+        obj = kube.get_json("sparkconnect", CONNECT_NAME, namespace=SPARK_CONNECT_NS) or {}
+        status = obj.get("status") or {}
+        state = status.get("state") or "not reconciled yet"
+        if state == "Failed":
+            message = next((c.get("message") for c in status.get("conditions") or [] if c.get("message")), "no message")
+            raise TransientError(f"the Spark Connect server {SPARK_CONNECT_NS}/{CONNECT_NAME} failed: {message}")
+        executors = status.get("executors") or {}
+        return state == "Ready", f"{state}, executors {executors or 'none'}"
+
+    return Poller(f"Spark | Verify | SparkConnect {CONNECT_NAME}", CONNECT_TIMEOUT_S, clock=clock, sleep=sleep).run(ready, log)
 
 
 def _steps() -> list[Any]:
     from datacloud.stages._common import Step
 
-    return [Step("apply", apply), Step("verify", verify)]
+    return [Step("apply", apply), Step("connections", connections), Step("verify", verify)]
 
 
 STEPS = _steps()

@@ -1,10 +1,14 @@
-"""The notebook ValidatingAdmissionPolicy (manifests/jupyter/admission.yaml.j2), evaluated by the real server.
+"""The Spark Connect executors' ValidatingAdmissionPolicy (manifests/spark/connect-admission.yaml.j2), evaluated by the real server.
 
-The policy and its binding are applied for real; pods are created with
-``--dry-run=server`` as the notebook identity (``--as=system:serviceaccount:jupyter:spark-notebook``),
-so RBAC, PodSecurity (the namespace enforces baseline) and the policy all decide.
-A pod like the executors Spark creates from a notebook is admitted; each pod the
-policy claims to deny (one claim broken at a time) is denied with that claim's
+Whoever holds a Connect session runs code in the server, so the server's identity is
+what a notebook user can reach. The policy and its binding are applied for real;
+pods are created with ``--dry-run=server`` as the server's identity
+(``--as=system:serviceaccount:spark-connect:spark-connect``), so RBAC, PodSecurity (the
+namespace enforces baseline) and the policy all decide. A pod like the executors Spark
+creates from the Connect server is admitted; each pod the policy claims to deny (one
+claim broken at a time: a Secret mounted or read into the environment in every way a
+pod spec allows, a label that would make it an endpoint of the server's Service or of
+the hub's, another image, identity or volume kind...) is denied with that claim's
 message. Claims PodSecurity baseline also covers (privileged, host namespaces) are
 checked twice: as deployed (denied, by whichever comes first) and with the
 namespace's PodSecurity relaxed for the test, where the policy alone must deny.
@@ -22,24 +26,24 @@ import pytest
 from tests.apiserver.platform import apply, stage_renders
 from tests.helpers.apiserver import ApiServer
 
-NS = "jupyter"
-NOTEBOOK = f"system:serviceaccount:{NS}:spark-notebook"
+NS = "spark-connect"
+SERVER = f"system:serviceaccount:{NS}:spark-connect"
 INV = "reference"
 
 
-def _jupyter_objects(kind: str) -> list[dict[str, Any]]:
-    return [o for o in stage_renders(INV)["jupyter"].all_objects() if o["kind"] == kind]
+def _spark_objects(kind: str) -> list[dict[str, Any]]:
+    return [o for o in stage_renders(INV)["spark"].all_objects() if o["kind"] == kind]
 
 
 def spark_image() -> str:
-    (policy,) = _jupyter_objects("ValidatingAdmissionPolicy")
+    (policy,) = _spark_objects("ValidatingAdmissionPolicy")
     image_rule = next(v for v in policy["spec"]["validations"] if "c.image ==" in v["expression"])
     return image_rule["expression"].split("'")[1]
 
 
 def executor_pod() -> dict[str, Any]:
-    """An executor pod as Spark 4 builds it in client mode from datacloud_spark.session_conf()."""
-    name = "notebook-3f2a9c-exec-1"
+    """An executor pod as Spark 4 builds it in the Connect server (client mode, the operator's labels)."""
+    name = "datacloud-connect-exec-1"
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -48,18 +52,19 @@ def executor_pod() -> dict[str, Any]:
             "namespace": NS,
             "labels": {
                 "spark-app-selector": "spark-0a1b2c3d4e5f",
-                "spark-app-name": "notebook",
+                "spark-app-name": "spark-connect-server",
                 "spark-exec-id": "1",
                 "spark-exec-resourceprofile-id": "0",
                 "spark-role": "executor",
-                "datacloud/notebook-executor": "true",
-                "hub.jupyter.org/username": "alice",
+                "sparkoperator.k8s.io/launched-by-spark-operator": "true",
+                "sparkoperator.k8s.io/connect-name": "datacloud-connect",
+                "app.kubernetes.io/part-of": "datacloud",
             },
             "ownerReferences": [
                 {
                     "apiVersion": "v1",
                     "kind": "Pod",
-                    "name": "jupyter-alice",
+                    "name": "datacloud-connect-server",
                     "uid": "5d0c8e9e-2c0f-4d0b-9f5e-3a1c7b2d9e10",
                     "controller": True,
                 }
@@ -77,7 +82,7 @@ def executor_pod() -> dict[str, Any]:
                     "env": [
                         {
                             "name": "SPARK_DRIVER_URL",
-                            "value": "spark://CoarseGrainedScheduler@jupyter-alice-driver.jupyter.svc:7078",
+                            "value": "spark://CoarseGrainedScheduler@10.244.1.17:7078",
                         },
                         {"name": "SPARK_EXECUTOR_ID", "value": "1"},
                         {
@@ -97,6 +102,17 @@ def executor_pod() -> dict[str, Any]:
             "volumes": [
                 {"name": "spark-local-dir-1", "emptyDir": {}},
                 {"name": "spark-conf-volume-exec", "configMap": {"name": "spark-exec-3f2a9c-conf-map", "defaultMode": 420}},
+                # what the ServiceAccount admission adds for the default ServiceAccount's token
+                {
+                    "name": "kube-api-access-x7k2p",
+                    "projected": {
+                        "sources": [
+                            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                        ]
+                    },
+                },
             ],
         },
     }
@@ -121,28 +137,76 @@ def _init_container(pod: dict[str, Any]) -> None:
     pod["spec"]["initContainers"] = [{"name": "fetch", "image": "busybox:1.37.0", "command": ["true"]}]
 
 
-def _claim(pod: dict[str, Any]) -> None:  # another user's home
+def _claim(pod: dict[str, Any]) -> None:  # a user's home, if it were here
     pod["spec"]["volumes"].append({"name": "home", "persistentVolumeClaim": {"claimName": "claim-bob"}})
+
+
+def _volume(volume: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    def change(pod: dict[str, Any]) -> None:
+        pod["spec"]["volumes"].append({"name": "extra", **volume})
+
+    return change
+
+
+def _env(entry: dict[str, Any], init: bool = False) -> Callable[[dict[str, Any]], None]:
+    def change(pod: dict[str, Any]) -> None:
+        if init:
+            pod["spec"]["initContainers"] = [{"name": "init", "image": spark_image(), "command": ["true"], **entry}]
+        else:
+            _container(pod).update({k: [*_container(pod).get(k, []), *v] for k, v in entry.items()})
+
+    return change
+
+
+def _label(key: str, value: str) -> Callable[[dict[str, Any]], None]:
+    return _set(lambda p: p["metadata"]["labels"], key, value)
+
+
+SECRET_REF = {"secretKeyRef": {"name": "spark-connect-token", "key": "token"}}
 
 
 # (case, change to the executor pod, the claim's message, PodSecurity baseline also denies it)
 DENIED: list[tuple[str, Callable[[dict[str, Any]], None], str, bool]] = [
-    ("no-spark-role-label", _no_spark_role, "notebooks may only create Spark executor pods", False),
+    ("no-spark-role-label", _no_spark_role, "may only create Spark executor pods", False),
     (
         "driver-role",
         _set(lambda p: p["metadata"]["labels"], "spark-role", "driver"),
-        "notebooks may only create Spark executor pods",
+        "may only create Spark executor pods",
         False,
     ),
     ("other-image", _set(_container, "image", "busybox:1.37.0"), "executor pods must use the platform's Spark image", False),
     ("init-container-image", _init_container, "executor init containers must use the platform's Spark image", False),
     (
-        "notebook-serviceaccount",
-        _set(lambda p: p["spec"], "serviceAccountName", "spark-notebook"),
+        "server-serviceaccount",
+        _set(lambda p: p["spec"], "serviceAccountName", "spark-connect"),
         "run as the default ServiceAccount",
         False,
     ),
-    ("claim-volume", _claim, "may only mount emptyDir, configMap, secret and projected volumes", False),
+    ("claim-volume", _claim, "may only mount emptyDir, configMap and projected", False),
+    (
+        "secret-volume",
+        _volume({"secret": {"secretName": "spark-connect-token"}}),
+        "may only mount emptyDir, configMap and projected",
+        False,
+    ),
+    (
+        "projected-secret",
+        _volume({"projected": {"sources": [{"secret": {"name": "spark-connect-token"}}]}}),
+        "may only mount emptyDir, configMap and projected",
+        False,
+    ),
+    ("host-path", _volume({"hostPath": {"path": "/etc/kubernetes"}}), "may only mount emptyDir, configMap and projected", True),
+    ("env-secret-key-ref", _env({"env": [{"name": "T", "valueFrom": SECRET_REF}]}), "may not read Secrets", False),
+    ("env-from-secret", _env({"envFrom": [{"secretRef": {"name": "spark-connect-token"}}]}), "may not read Secrets", False),
+    (
+        "init-env-secret",
+        _env({"env": [{"name": "T", "valueFrom": SECRET_REF}]}, init=True),
+        "may not read Secrets",
+        False,
+    ),
+    ("server-label", _label("datacloud/connect-role", "server"), "carry only Spark's and the operator's labels", False),
+    ("hub-label", _label("component", "hub"), "carry only Spark's and the operator's labels", False),
+    ("connect-server-role", _label("spark-role", "connect-server"), "may only create Spark executor pods", False),
     (
         "privilege-escalation",
         _set(_container, "securityContext", {"allowPrivilegeEscalation": True}),
@@ -156,21 +220,21 @@ DENIED: list[tuple[str, Callable[[dict[str, Any]], None], str, bool]] = [
 ]
 
 
-def create_pod(server: ApiServer, pod: dict[str, Any], as_: str | None = NOTEBOOK):
+def create_pod(server: ApiServer, pod: dict[str, Any], as_: str | None = SERVER):
     return server.kubectl("create", "--dry-run=server", "-o", "name", "-f", "-", stdin=json.dumps(pod), as_=as_, check=False)
 
 
 @pytest.fixture(scope="module")
 def policy(apiserver: ApiServer, namespaces, rbac) -> dict[str, Any]:
     """Policy and binding applied for real; returns the policy as the server holds it once it denies."""
-    objs = _jupyter_objects("ValidatingAdmissionPolicy") + _jupyter_objects("ValidatingAdmissionPolicyBinding")
+    objs = _spark_objects("ValidatingAdmissionPolicy") + _spark_objects("ValidatingAdmissionPolicyBinding")
     assert len(objs) == 2
     apply(apiserver, objs, dry_run=False, check=True)
     apiserver.wait_for_service_account(NS, "default")
     probe = executor_pod()
     _no_spark_role(probe)
     deadline = time.monotonic() + 60
-    while "notebooks may only create Spark executor pods" not in create_pod(apiserver, probe).stderr:
+    while "may only create Spark executor pods" not in create_pod(apiserver, probe).stderr:
         assert time.monotonic() < deadline, "the policy did not start denying within 60 s"
         time.sleep(0.5)
     path = f"/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/{objs[0]['metadata']['name']}"
@@ -185,8 +249,8 @@ def policy(apiserver: ApiServer, namespaces, rbac) -> dict[str, Any]:
 
 @pytest.fixture
 def psa_relaxed(apiserver: ApiServer) -> Iterator[None]:
-    """The jupyter namespace with PodSecurity enforce=privileged for one test, then as rendered again."""
-    (ns,) = [o for o in stage_renders(INV)["jupyter"].all_objects() if o["kind"] == "Namespace"]
+    """The spark-connect namespace with PodSecurity enforce=privileged for one test, then as rendered again."""
+    (ns,) = [o for o in stage_renders(INV)["spark"].all_objects() if o["kind"] == "Namespace" and o["metadata"]["name"] == NS]
     apiserver.kubectl("label", "namespace", NS, "--overwrite", "pod-security.kubernetes.io/enforce=privileged")
     try:
         yield
@@ -206,10 +270,10 @@ def test_policy_compiles_without_type_warnings(policy):
 def test_a_spark_executor_pod_is_admitted(apiserver, policy):
     res = create_pod(apiserver, executor_pod())
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "pod/notebook-3f2a9c-exec-1"
+    assert res.stdout.strip() == "pod/datacloud-connect-exec-1"
 
 
-VAP_DENIED = "ValidatingAdmissionPolicy 'datacloud-notebook-executors' with binding 'datacloud-notebook-executors' denied request"
+VAP_DENIED = "ValidatingAdmissionPolicy 'datacloud-connect-executors' with binding 'datacloud-connect-executors' denied request"
 PSA_DENIED = 'violates PodSecurity "baseline:latest"'
 
 
