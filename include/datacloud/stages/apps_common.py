@@ -86,9 +86,13 @@ def mongo_service_host(member: str) -> str:
 
 def secret_value(kube: Any, name: str, namespace: str, key: str) -> str | None:
     """One decoded value of a Secret, or None when the Secret or key is missing (never logged)."""
+    return decoded_value(kube.get_json("secret", name, namespace=namespace), key)
+
+
+def decoded_value(obj: dict[str, Any] | None, key: str) -> str | None:
+    """One decoded value of a Secret object already read, or None when it or the key is missing."""
     import base64
 
-    obj = kube.get_json("secret", name, namespace=namespace)
     if not obj or key not in (obj.get("data") or {}):
         return None
     return base64.b64decode(obj["data"][key]).decode()

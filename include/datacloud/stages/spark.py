@@ -139,6 +139,18 @@ def spark_conf(inv: Inventory) -> dict[str, str]:
     }
 
 
+def dynamic_allocation(inv: Inventory) -> dict[str, Any]:
+    """Executors from min to max of the inventory, with shuffle tracking (no external shuffle service)."""
+    sp = inv.components.spark
+    return {
+        "enabled": True,
+        "initialExecutors": sp.min_executors,
+        "minExecutors": sp.min_executors,
+        "maxExecutors": sp.max_executors,
+        "shuffleTrackingEnabled": True,
+    }
+
+
 def application_spec(
     inv: Inventory,
     *,
@@ -166,13 +178,7 @@ def application_spec(
         "sparkVersion": spark_version(),
         "restartPolicy": {"type": "Never"},
         "sparkConf": {**spark_conf(inv), **(extra_conf or {})},
-        "dynamicAllocation": {
-            "enabled": True,
-            "initialExecutors": sp.min_executors,
-            "minExecutors": sp.min_executors,
-            "maxExecutors": sp.max_executors,
-            "shuffleTrackingEnabled": True,
-        },
+        "dynamicAllocation": dynamic_allocation(inv),
         "volumes": [{"name": "spark-events", "persistentVolumeClaim": {"claimName": EVENT_CLAIM}}],
         "driver": {
             "cores": max(1, sp.driver.cpu_m // 1000),
@@ -274,13 +280,7 @@ def connect_spec(inv: Inventory) -> dict[str, Any]:
                 },
             },
         },
-        "dynamicAllocation": {
-            "enabled": True,
-            "initialExecutors": sp.min_executors,
-            "minExecutors": sp.min_executors,
-            "maxExecutors": sp.max_executors,
-            "shuffleTrackingEnabled": True,
-        },
+        "dynamicAllocation": dynamic_allocation(inv),
     }
 
 
@@ -435,11 +435,13 @@ def new_connect_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def connect_token(kube: Any) -> str | None:
-    """The Connect server's token (masked), or None before the apply step created it."""
-    from datacloud.stages.apps_common import secret_value
+def connect_token(kube: Any, obj: dict[str, Any] | None = None) -> str | None:
+    """The Connect server's token (masked), or None before the apply step created it; OBJ: the Secret, already read."""
+    from datacloud.stages.apps_common import decoded_value
 
-    value = secret_value(kube, CONNECT_TOKEN_SECRET, SPARK_CONNECT_NS, CONNECT_TOKEN_KEY)
+    if obj is None:
+        obj = kube.get_json("secret", CONNECT_TOKEN_SECRET, namespace=SPARK_CONNECT_NS)
+    value = decoded_value(obj, CONNECT_TOKEN_KEY)
     if value is not None:
         _mask(value)
     return value
@@ -452,7 +454,7 @@ def converge_connect_token(kube: Any, dry_run: bool) -> str | None:
     from datacloud.stages.mongo import ROTATE_ANNOTATION
 
     obj = kube.get_json("secret", CONNECT_TOKEN_SECRET, namespace=SPARK_CONNECT_NS)
-    current = connect_token(kube) if obj is not None else None
+    current = connect_token(kube, obj) if obj is not None else None
     annotation = ((obj or {}).get("metadata") or {}).get("annotations", {}).get(ROTATE_ANNOTATION)
     if annotation not in (None, "true"):
         raise UserError(
