@@ -134,15 +134,22 @@ def _conditions(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
 
 
+def replicas_ready(obj: Mapping[str, Any]) -> tuple[int, int]:
+    """(ready, wanted) of a Deployment or StatefulSet (replicas), or a DaemonSet (scheduled pods)."""
+    status = obj.get("status") or {}
+    if obj.get("kind") == "DaemonSet":
+        return int(status.get("numberReady") or 0), int(status.get("desiredNumberScheduled") or 0)
+    return int(status.get("readyReplicas") or 0), int((obj.get("spec") or {}).get("replicas", 1))
+
+
 def _workloads_ready(items: list[Mapping[str, Any]], what: str) -> list[str]:
-    """Deployments/StatefulSets: every one has all its replicas ready."""
+    """Deployments/StatefulSets/DaemonSets: every one has all its replicas ready."""
     if not items:
         return [f"no {what} workload was found."]
     problems = []
     for obj in items:
         name = obj.get("metadata", {}).get("name", "?")
-        want = (obj.get("spec") or {}).get("replicas", 1)
-        ready = (obj.get("status") or {}).get("readyReplicas", 0) or 0
+        ready, want = replicas_ready(obj)
         if ready < want:
             problems.append(f"{what} {obj.get('kind', 'workload').lower()} {name} has {ready} of {want} replicas ready.")
     return problems

@@ -11,11 +11,12 @@ if [ -e /etc/kubernetes/kubelet.conf ] || [ -e /etc/kubernetes/admin.conf ] || [
     change "remove /etc/kubernetes (kubeadm is not installed)" && rm -rf /etc/kubernetes
   fi
 fi
-# /var/lib/rook is Rook's dataDirHostPath (mon and OSD state of the old cluster).
+# /var/lib/rook is Rook's dataDirHostPath (mon and OSD state of the old cluster), and
+# /var/lib/datacloud/local-path holds the local-path volumes of the old cluster's claims.
 # Folders are emptied, not removed: containerd watches /etc/cni/net.d and does not
 # see a new CNI configuration in a folder that was deleted and made again (the
 # nodes stayed NotReady after a teardown and a new run), and a folder may be a mount point.
-for p in /etc/cni/net.d /var/lib/etcd /var/lib/rook /etc/datacloud/cluster-name /etc/datacloud/kubeadm-config.yaml /etc/datacloud/kubeadm-join.yaml; do
+for p in /etc/cni/net.d /var/lib/etcd /var/lib/rook /var/lib/datacloud/local-path /etc/datacloud/cluster-name /etc/datacloud/kubeadm-config.yaml /etc/datacloud/kubeadm-join.yaml; do
   if [ -d "$p" ] && [ ! -L "$p" ]; then
     if [ -n "$(ls -A "$p")" ]; then
       change "empty $p" && find "$p" -mindepth 1 -delete

@@ -140,8 +140,20 @@ def image_refs() -> dict[str, str]:
     refs["coredns"] = f"registry.k8s.io/coredns/coredns:{_vtag(str(k['coredns_version']))}"
     refs["pause"] = f"registry.k8s.io/pause:{str(k['pause_version']).lstrip('v')}"
     refs["flannel"] = str(n["flannel_image"])  # the image the network stage's DaemonSet names
+    st = v["storage"]
+    refs["local-path-provisioner"] = docker_io(str(st["local_path_image"]))  # the storage stage without Ceph disks
+    refs["busybox"] = docker_io(str(st["local_path_helper_image"]))  # its helper pods and the storage probe
     refs["probe"] = PROBE_REF
     return refs
+
+
+def docker_io(ref: str) -> str:
+    """REF as containerd names it: a reference without a registry host is Docker Hub's
+    (``busybox:1.35.0`` -> ``docker.io/library/busybox:1.35.0``)."""
+    first, _, rest = ref.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    return f"docker.io/{ref}" if rest else f"docker.io/library/{ref}"
 
 
 def _env() -> dict[str, str]:
@@ -149,7 +161,7 @@ def _env() -> dict[str, str]:
 
 
 def bin_dir(component: str) -> Path:
-    """The bin folder kube-build.sh filled for COMPONENT (kubernetes, etcd, coredns, flannel, cni, helm)."""
+    """The bin folder kube-build.sh filled for COMPONENT (kubernetes, etcd, coredns, flannel, cni, helm, local-path)."""
     out = subprocess.run(["bash", str(KUBE_BUILD), "--dest", component], env=_env(), check=True, capture_output=True, text=True)
     d = Path(out.stdout.strip())
     if not (d.parent / ".done").exists():
@@ -461,11 +473,11 @@ def _netfilter_tree(work: Path) -> _Tree:
     return t
 
 
-def _busybox_tree(applets: tuple[str, ...] = BUSYBOX_APPLETS) -> _Tree:
+def _busybox_tree(applets: tuple[str, ...] = BUSYBOX_APPLETS, where: str = "usr/bin") -> _Tree:
     t = _Tree()
-    t.file("usr/bin/busybox", busybox_binary(), mode=0o755)
+    t.file(f"{where}/busybox", busybox_binary(), mode=0o755)
     for applet in applets:
-        t.link(f"usr/bin/{applet}", "busybox")
+        t.link(f"{where}/{applet}", "busybox")
     return t
 
 
@@ -541,6 +553,20 @@ def _specs() -> list[_Spec]:
             source=f"github.com/flannel-io/flannel {versions()['network']['flannel_version']} + Debian bookworm nftables/iptables, busybox-static",
         ),
         _Spec(
+            "local-path-provisioner",
+            refs["local-path-provisioner"],
+            ("base", "local-path"),
+            cmd=("local-path-provisioner",),
+            source=f"github.com/rancher/local-path-provisioner {refs['local-path-provisioner'].rsplit(':', 1)[1]}",
+        ),
+        _Spec(
+            "busybox",
+            refs["busybox"],
+            ("base", "busybox-bin"),
+            cmd=("sh",),
+            source="Debian bookworm busybox-static, every applet in /bin (as the busybox image has them)",
+        ),
+        _Spec(
             "probe",
             refs["probe"],
             ("base", "busybox-all"),
@@ -565,6 +591,7 @@ def _inputs() -> tuple[dict, dict[str, Path]]:
         "etcdutl": ebin / "etcdutl",
         "coredns": bin_dir("coredns") / "coredns",
         "flanneld": bin_dir("flannel") / "flanneld",
+        "local-path-provisioner": bin_dir("local-path") / "local-path-provisioner",
         "busybox": busybox_binary(),
     }
     for name, p in files.items():
@@ -701,6 +728,8 @@ def build_images() -> ImageSet:
             "netfilter": _netfilter_tree(work),
             "busybox": _busybox_tree(),
             "busybox-all": _busybox_tree(_busybox_applets()),
+            "busybox-bin": _busybox_tree(_busybox_applets(), where="bin"),
+            "local-path": _bin_tree({"usr/bin/local-path-provisioner": files["local-path-provisioner"]}),
             "etcd": _bin_tree({f"usr/local/bin/{n}": files[n] for n in ("etcd", "etcdctl", "etcdutl")}),
             "coredns": _bin_tree({"coredns": files["coredns"]}),
             "flannel": _bin_tree({"opt/bin/flanneld": files["flanneld"]}),

@@ -37,7 +37,7 @@ ROOT = HERE.parents[1]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the SSH lab needs root (network namespaces, mounts)")
 
-STAGES = ["preflight", "gateway", "node_prep", "kubernetes", "network", "verify"]
+STAGES = ["preflight", "gateway", "node_prep", "kubernetes", "network", "storage", "verify"]
 
 # What this lab still stands in for, and why (tests/lab/conftest.py prints it).
 STAND_INS = {
@@ -51,9 +51,12 @@ STAND_INS = {
 }
 
 # Files an SSH login itself writes (sshd's login records, sudo's timestamps), and what the
-# node's services write as they run (logs, /run, the CNI plugins' per-pod state).
+# node's services write as they run (logs, /run, the CNI plugins' per-pod state, and the
+# runtime state of the pods a run starts and deletes: the storage stage's probe and the
+# local-path helper pods it makes; kubectl's discovery and HTTP cache on the control plane).
 VOLATILE = re.compile(
-    r"^(var/log/|var/lib/sudo/|home/datacloud/\.cache/|root/\.cache/|var/cache/debconf/.*-old$|run/|var/lib/cni/)"
+    r"^(var/log/|var/lib/sudo/|home/datacloud/\.cache/|root/\.cache/|var/cache/debconf/.*-old$|run/|var/lib/cni/"
+    r"|var/lib/containerd/|var/lib/kubelet/pods/|root/\.kube/cache/)"
 )
 
 
@@ -246,7 +249,7 @@ def test_first_run_makes_a_real_cluster(lab: Lab, env: dict[str, str]) -> None:
     assert set(tis(result, "node_prep.prepare")) == {"n1", "n2", "n3"}  # one grid entry per node
     assert set(tis(result, "kubernetes.join")) == {"n2", "n3"}
     skipped = {t["task_id"].split(".")[0] for t in result["tis"] if t["state"] == "skipped"}
-    assert skipped == {"storage", "mongo", "spark", "jupyter", "monitoring"}  # not selected
+    assert skipped == {"mongo", "spark", "jupyter", "monitoring"}  # not selected
 
     for node in lab.nodes:
         fstab = node.path("/etc/fstab").read_text()
@@ -281,6 +284,7 @@ def test_first_run_makes_a_real_cluster(lab: Lab, env: dict[str, str]) -> None:
     assert extra["kube_config"] == admin
     assert "verify | Summary" in out
     assert re.search(r"CoreDNS: 2/2 ready", out)
+    assert re.search(r"local-path-storage/deployment/local-path-provisioner +1/1", out)  # the storage stage's workload
     _secrets_are_encrypted_in_etcd(lab, env, out)
     print(f"first run of {len(STAGES)} stages on 3 nodes: {time.monotonic() - t0:.1f}s")
 
@@ -384,6 +388,78 @@ def test_pods_on_different_nodes_reach_each_other_a_service_and_dns(lab: Lab) ->
         lab.kubectl("delete", "namespace", ns, "--timeout=90s", check=False, timeout=120)
 
 
+def test_local_path_makes_a_volume_on_the_node_of_its_pod_and_removes_it_with_the_claim(lab: Lab) -> None:
+    """The storage stage's local-path provisioner (built from its Go module, pushed to the lab
+    registry) for real: a claim binds when a pod on n3 uses it, the data lands in n3's
+    /var/lib/datacloud/local-path, and deleting the claim removes it (reclaimPolicy Delete)."""
+    from datacloud.render import versions
+    from datacloud.stages.storage import LOCAL_PATH_CLASS, LOCAL_PATH_DIR, LOCAL_PATH_NAMESPACE
+
+    deploy = api(lab, "-n", LOCAL_PATH_NAMESPACE, "get", "deployment", "local-path-provisioner")
+    assert deploy["status"].get("readyReplicas") == 1, deploy["status"]
+    image = deploy["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == versions()["storage"]["local_path_image"]
+    sc = api(lab, "get", "storageclass", LOCAL_PATH_CLASS)
+    assert sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
+    ns, name = "lab-volume", "data"
+    objects = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}},
+        },  # no class named: the default one
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "writer", "namespace": ns},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": "n3"},
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 0,
+                "containers": [
+                    {
+                        "name": "w",
+                        "image": versions()["storage"]["local_path_helper_image"],
+                        "command": ["sh", "-c", "echo written-on-$(hostname) > /data/proof"],
+                        "volumeMounts": [{"name": "d", "mountPath": "/data"}],
+                    }
+                ],
+                "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": name}}],
+            },
+        },
+    ]
+    lab.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    try:
+        pending = api(lab, "-n", ns, "get", "pvc", name)["status"]["phase"]
+        assert pending in ("Pending", "Bound")  # WaitForFirstConsumer: bound once the pod is scheduled
+        wait_for(
+            "the writer pod succeeded",
+            lambda: api(lab, "-n", ns, "get", "pod", "writer")["status"].get("phase") == "Succeeded",
+            timeout=180,
+        )
+        claim = api(lab, "-n", ns, "get", "pvc", name)
+        assert claim["status"]["phase"] == "Bound" and claim["spec"]["storageClassName"] == LOCAL_PATH_CLASS
+        pv = api(lab, "get", "pv", claim["spec"]["volumeName"])
+        path = pv["spec"]["hostPath"]["path"] if "hostPath" in pv["spec"] else pv["spec"]["local"]["path"]
+        assert path.startswith(LOCAL_PATH_DIR + "/"), path
+        terms = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
+        assert terms[0]["matchExpressions"][0]["values"] == ["n3"]
+        n3 = lab.nodes[2]
+        assert n3.path(path + "/proof").read_text().startswith("written-on-writer")
+        assert not lab.nodes[1].path(path).exists()
+    finally:
+        lab.kubectl("delete", "namespace", ns, "--timeout=90s", check=False, timeout=120)
+    # the PV goes with its claim, and the teardown helper pod removes the folder on n3
+    gone = "persistentvolume/" + pv["metadata"]["name"]
+    wait_for(
+        "the volume removed",
+        lambda: not n3.path(path).exists() and gone not in lab.kubectl("get", "pv", "-o", "name").stdout.split(),
+        timeout=120,
+    )
+
+
 # --- 3. second run, with n2's SSH session killed in the middle of its task --------------------
 
 
@@ -446,6 +522,9 @@ def test_second_run_unchanged_everywhere_even_after_a_lost_ssh_session(lab: Lab,
         "kubernetes | n3",
         "kubernetes | encryption_key",
         "network | install",
+        "storage | apply",
+        "storage | health",
+        "storage | prove",
         "verify | summary",
     ):
         assert f"{stage_step} | unchanged" in out, stage_step
@@ -537,7 +616,19 @@ def test_a_stopped_kubelet_is_reported_not_ready_in_one_sentence(
     finally:
         lab.node_exec(n3, "systemctl", "start", "kubelet")
     wait_for("n3 Ready again", lambda: ready(api(lab, "get", "node", "n3")), timeout=120)
-    assert run_step("verify", "summary", conf(lab))["nodes"] == 3
+    # n3's pods report ready again a moment after its kubelet (verify also checks the platform's workloads)
+    assert wait_for("verify passes again", lambda: _verify_passes(lab), timeout=120)["nodes"] == 3
+
+
+def _verify_passes(lab: Lab) -> dict | None:
+    from datacloud.errors import TransientError
+    from datacloud.stages._common import run_step
+
+    try:
+        return run_step("verify", "summary", conf(lab))
+    except TransientError as e:
+        print(f"verify: {e}")
+        return None
 
 
 def test_changed_host_key_fails_hard_naming_the_node(lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -828,6 +919,9 @@ def test_teardown_needs_the_cluster_name_then_resets_every_node(
         active = lab.node_exec(node, "systemctl", "is-active", "kubelet", check=False).stdout.strip()
         assert active != "active" or not node.path("/var/lib/kubelet/config.yaml").exists()
     assert not list(lab.nodes[2].path("/var/lib/rook").iterdir())  # Rook's dataDirHostPath, emptied
+    for node in lab.nodes:  # local-path's volumes of the old cluster, emptied
+        vols = node.path("/var/lib/datacloud/local-path")
+        assert not vols.exists() or not list(vols.iterdir()), (node.name, list(vols.iterdir()))
     got = subprocess.run(
         [str(Path(sys.executable).parent / "airflow"), "connections", "get", "datacloud_kube", "-o", "json"],
         env=env,

@@ -11,6 +11,7 @@
 #   flannel     flanneld (the flannel CNI choice)
 #   cni         bridge host-local loopback portmap (containernetworking/plugins)
 #   helm        helm
+#   local-path  local-path-provisioner (the storage stage's fallback without Ceph disks)
 #
 # Each component lands in $CACHE/kube/<component>-<version>/bin with a .done stamp,
 # so a warm setup only checks the stamps; Go's own module and build caches make a
@@ -30,6 +31,8 @@ COREDNS=$(pin coredns_version)
 FLANNEL=$(pin flannel_version)
 CNI=$(pin cni_plugins_version)
 HELM=$(pin helm)
+LOCAL_PATH=$(pin local_path_image)
+LOCAL_PATH=${LOCAL_PATH##*:} # the image's tag is the module version
 
 dest_of() {
   case "$1" in
@@ -39,6 +42,7 @@ dest_of() {
     flannel) echo "$CACHE/kube/flannel-v${FLANNEL#v}" ;;
     cni) echo "$CACHE/kube/cni-plugins-v${CNI#v}" ;;
     helm) echo "$CACHE/kube/helm-v${HELM#v}" ;;
+    local-path) echo "$CACHE/kube/local-path-provisioner-v${LOCAL_PATH#v}" ;;
     *) echo "unknown component $1" >&2; exit 2 ;;
   esac
 }
@@ -196,12 +200,19 @@ build_helm() {
   bin/helm version --template '{{.Version}}' | grep -qx "$v" || { echo "helm does not report $v" >&2; exit 1; }
 }
 
+build_local_path() {
+  local v=$1
+  GOBIN="$PWD/bin" go install -trimpath -ldflags "-s -w -X main.VERSION=$v" "github.com/rancher/local-path-provisioner@$v"
+  bin/local-path-provisioner --version | grep -q "version $v\$" || { echo "local-path-provisioner does not report $v" >&2; exit 1; }
+}
+
 build kubernetes "$KUBE" build_kubernetes
 build etcd "$ETCD" build_etcd
 build coredns "v${COREDNS#v}" build_coredns
 build flannel "v${FLANNEL#v}" build_flannel
 build cni "v${CNI#v}" build_cni
 build helm "v${HELM#v}" build_helm
+build local-path "v${LOCAL_PATH#v}" build_local_path
 
 if [ "${#built[@]}" -gt 0 ]; then
   echo "kubernetes components built: ${built[*]}${skipped:+; skipped ${skipped[*]}}"
