@@ -7,7 +7,8 @@ password of a user who may edit connections). ``./dev up`` defines it for the
 local stack; an administrator creates it once on any other Airflow
 (docs/operations.md). Without it (``dag.test()`` in one process, or a worker
 with DB access) the write goes to the metadata DB from a child interpreter.
-Secrets travel in request bodies or on stdin, never on a command line or in a log.
+Secrets travel in request bodies or on stdin, never on a command line or in a log:
+every stage hands the secret values it reads or makes to :func:`mask`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import subprocess
 import sys
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from datacloud.errors import TransientError, UserError
@@ -48,6 +50,15 @@ with create_session() as session:
         done = 1
 print(done)
 """
+
+
+def mask(value: str) -> None:
+    """Redact a secret value from every task log line (outside a task runtime: nothing to do)."""
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover - outside a task runtime
+        return
+    mask_secret(value)
 
 
 def get(conn_id: str) -> dict[str, Any] | None:
@@ -118,6 +129,27 @@ def put(conn_id: str, conn_type: str, *, extra: dict[str, Any] | None = None, ap
     else:
         api._request("POST", "/api/v2/connections", body)
     log.info("Connections | %s | stored through the Airflow API", conn_id)
+
+
+def write_connection(conn_id: str, fields: dict[str, Any]) -> None:
+    """:func:`put` with the fields as one dict, the shape :func:`get` returns (``conn_type``, ``extra`` included)."""
+    values = dict(fields)
+    conn_type = values.pop("conn_type")
+    extra = values.pop("extra", None) or {}
+    put(conn_id, conn_type, extra=extra, **values)
+
+
+def publish_connection(
+    conn_id: str,
+    fields: dict[str, Any],
+    get_current: Callable[[str], dict[str, Any] | None],
+    write: Callable[[str, dict[str, Any]], None],
+) -> bool:
+    """Store the connection unless it already holds exactly these fields; True when written."""
+    if get_current(conn_id) == fields:
+        return False
+    write(conn_id, fields)
+    return True
 
 
 def delete(conn_id: str) -> bool:

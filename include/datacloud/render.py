@@ -48,6 +48,11 @@ def versions() -> dict[str, Any]:
     return yaml.safe_load((MANIFESTS_DIR / "versions.yaml").read_text())
 
 
+def kubernetes_pins() -> dict[str, Any]:
+    """The ``kubernetes`` block of versions.yaml: Kubernetes, its packages, helm, their apt repositories and keys."""
+    return versions()["kubernetes"]
+
+
 @functools.cache
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -93,7 +98,14 @@ def render_all(inv: Inventory, out: Path) -> dict[str, Rendered]:
         for rel in rendered.releases:
             (stage_dir / f"values-{rel.name}.yaml").write_text(yaml.safe_dump(rel.values, sort_keys=False))
             charts.append(
-                {"stage": name, "release": rel.name, "namespace": rel.namespace, "chart": rel.chart, "repo": rel.repo, "version": rel.version}
+                {
+                    "stage": name,
+                    "release": rel.name,
+                    "namespace": rel.namespace,
+                    "chart": rel.chart,
+                    "repo": rel.repo,
+                    "version": rel.version,
+                }
             )
     (out / "charts.yaml").write_text(yaml.safe_dump({"releases": charts}, sort_keys=False))
     return results

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
+from datacloud import connections
 from datacloud.errors import TransientError, UserError
 from datacloud.remote import Result
 from datacloud.stages import jupyter, monitoring, spark
@@ -199,12 +200,11 @@ def test_spark_connections_store_the_connect_token_and_a_namespaced_kubeconfig(m
     import yaml
 
     from datacloud.config import SPARK_CONNECT_CONN_ID, SPARK_SUBMIT_CONN_ID
-    from datacloud.stages import mongo
 
     store: dict[str, dict] = {}
     writes: list[str] = []
-    monkeypatch.setattr(mongo, "_current_fields", store.get)
-    monkeypatch.setattr(mongo, "_write_connection", lambda cid, f: (writes.append(cid), store.__setitem__(cid, dict(f))))
+    monkeypatch.setattr(connections, "get", store.get)
+    monkeypatch.setattr(connections, "write_connection", lambda cid, f: (writes.append(cid), store.__setitem__(cid, dict(f))))
     kube = RecordingKubeDouble()
     spark.apply(_ctx(kube))
     token = kube.objects[f"Secret/{SPARK_CONNECT_NS}/{spark.CONNECT_TOKEN_SECRET}"]["stringData"]["token"]
@@ -229,10 +229,8 @@ def test_spark_connections_store_the_connect_token_and_a_namespaced_kubeconfig(m
 
 
 def test_spark_connections_time_out_when_no_token_is_issued(monkeypatch) -> None:
-    from datacloud.stages import mongo
-
-    monkeypatch.setattr(mongo, "_current_fields", lambda cid: None)
-    monkeypatch.setattr(mongo, "_write_connection", lambda cid, f: pytest.fail("written without a token"))
+    monkeypatch.setattr(connections, "get", lambda cid: None)
+    monkeypatch.setattr(connections, "write_connection", lambda cid, f: pytest.fail("written without a token"))
     kube = RecordingKubeDouble()
     spark.apply(_ctx(kube))
     _token_controller(kube, after_polls=10_000)

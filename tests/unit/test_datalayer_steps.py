@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from datacloud import connections
 from datacloud.errors import TransientError
 from datacloud.render import versions
 from datacloud.stages import mongo, storage
@@ -237,8 +238,8 @@ def test_connection_written_only_when_it_differs(monkeypatch):
         writes.append(conn_id)
         store[conn_id] = dict(fields)
 
-    monkeypatch.setattr(mongo, "_current_fields", store.get)
-    monkeypatch.setattr(mongo, "_write_connection", write)
+    monkeypatch.setattr(connections, "get", store.get)
+    monkeypatch.setattr(connections, "write_connection", write)
     assert mongo.step_connection(ctx)["changes"] == ["connection datacloud_mongo stored"]
     assert mongo.step_connection(ctx)["changes"] == []
     assert writes == ["datacloud_mongo"]

@@ -10,6 +10,7 @@ import logging
 
 import pytest
 
+from datacloud import connections
 from datacloud.errors import UserError
 from datacloud.stages import mongo
 from tests.helpers import datalayer_inventories as inventories
@@ -72,8 +73,8 @@ def test_an_annotated_password_is_rotated_and_the_connection_follows(monkeypatch
     ctx = _ctx()
     mongo.step_apply(ctx)
     store: dict[str, dict] = {}
-    monkeypatch.setattr(mongo, "_current_fields", store.get)
-    monkeypatch.setattr(mongo, "_write_connection", lambda conn_id, fields: store.__setitem__(conn_id, dict(fields)))
+    monkeypatch.setattr(connections, "get", store.get)
+    monkeypatch.setattr(connections, "write_connection", lambda conn_id, fields: store.__setitem__(conn_id, dict(fields)))
     mongo.step_connection(ctx)
     before = _secrets(ctx)
     old_password = before[APP]["password"]
@@ -153,7 +154,7 @@ def test_a_dry_run_names_the_rotation_and_changes_nothing():
 
 def test_every_value_is_masked_and_none_is_logged(monkeypatch, caplog):
     masked: list[str] = []
-    monkeypatch.setattr(mongo, "_mask", masked.append)
+    monkeypatch.setattr(connections, "mask", masked.append)
     ctx = _ctx()
     with caplog.at_level(logging.DEBUG):
         mongo.step_apply(ctx)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from datacloud import config
+from datacloud import config, connections
 from datacloud.errors import UserError
 from datacloud.inventory import load_inventory
 from datacloud.remote import Result
@@ -79,7 +79,7 @@ def store(monkeypatch):
     masked: list[str] = []
     monkeypatch.setattr(k8s, "stored_encryption_keys", lambda: conns.get("keys"))
     monkeypatch.setattr(k8s, "store_encryption_keys", lambda keys, cluster: conns.__setitem__("keys", [dict(k) for k in keys]))
-    monkeypatch.setattr(k8s, "_mask", masked.append)
+    monkeypatch.setattr(connections, "mask", masked.append)
     return SimpleNamespace(conns=conns, masked=masked)
 
 

@@ -1,8 +1,9 @@
 """Pieces shared by the spark, jupyter and monitoring stages (pure, no I/O).
 
 Kubernetes quantities from the inventory's :class:`~datacloud.inventory.Resources`,
-the namespaces these stages own, and the NetworkPolicy building blocks every
-namespace gets (default deny, DNS, the API server).
+the namespaces these stages own, the NetworkPolicy building blocks every
+namespace gets (default deny, DNS, the API server), and the annotation that asks
+the mongo, spark and jupyter stages to rotate a generated Secret.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ ROOK_NS = "rook-ceph"
 MONGO_PORT = 27017
 
 PART_OF = "datacloud"
+
+# An administrator asks for a new generated value by annotating its Secret (kubectl
+# annotate secret -n mongo <name> datacloud/rotate=true; the same for the Spark Connect
+# token and the JupyterHub admin's password); the next run of the stage owning the
+# Secret rotates it and removes the annotation.
+ROTATE_ANNOTATION = "datacloud/rotate"
 
 
 def resources(res: Resources) -> dict[str, Any]:

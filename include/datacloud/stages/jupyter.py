@@ -25,7 +25,14 @@ from datacloud.images import name_and_tag, own_image, pull_policy
 from datacloud.inventory import Inventory
 from datacloud.render import Release, Rendered, render_template, versions
 from datacloud.stages import spark
-from datacloud.stages.apps_common import JUPYTER_NS, SPARK_CONNECT_NS, netpol_context, resources, storage_classes
+from datacloud.stages.apps_common import (
+    JUPYTER_NS,
+    ROTATE_ANNOTATION,
+    SPARK_CONNECT_NS,
+    netpol_context,
+    resources,
+    storage_classes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -267,15 +274,15 @@ ADMIN_CONFIRMED = "datacloud/hub-account"
 
 def _admin_secret(kube: Any) -> tuple[str | None, dict[str, str]]:
     """The admin's password (masked) and the Secret's annotations; (None, {}) when there is no Secret."""
+    from datacloud.connections import mask
     from datacloud.stages.apps_common import secret_value
-    from datacloud.stages.mongo import _mask
 
     obj = kube.get_json("secret", ADMIN_SECRET, namespace=JUPYTER_NS)
     if obj is None:
         return None, {}
     password = secret_value(kube, ADMIN_SECRET, JUPYTER_NS, "password")
     if password is not None:
-        _mask(password)
+        mask(password)
     return password, dict((obj.get("metadata") or {}).get("annotations") or {})
 
 
@@ -286,7 +293,6 @@ def signup_open(kube: Any) -> bool:
 
 def _rotation_requested(annotations: dict[str, str]) -> bool:
     from datacloud.errors import UserError
-    from datacloud.stages.mongo import ROTATE_ANNOTATION
 
     value = annotations.get(ROTATE_ANNOTATION)
     if value not in (None, "true"):
@@ -310,9 +316,9 @@ def ensure_admin(ctx: Any) -> dict[str, Any]:
     import json
     import secrets as pysecrets
 
+    from datacloud.connections import mask
     from datacloud.errors import TransientError, UserError
     from datacloud.stages.apps_common import secret_object
-    from datacloud.stages.mongo import ROTATE_ANNOTATION, _mask
 
     kube = ctx.kube()
     changes: list[str] = []
@@ -328,7 +334,7 @@ def ensure_admin(ctx: Any) -> dict[str, Any]:
 
     if password is None or rotate:
         password = pysecrets.token_urlsafe(24)
-        _mask(password)
+        mask(password)
         write_secret(password, confirmed)  # the annotation stays until the hub has the new password
         changes.append(f"Secret {JUPYTER_NS}/{ADMIN_SECRET} {'rotated' if rotate else 'generated'} ({ADMIN_USER}'s password)")
     if ctx.dry_run:

@@ -31,13 +31,13 @@ from datetime import UTC, datetime
 
 import yaml
 
-from datacloud import config
+from datacloud import config, connections
 from datacloud.errors import TransientError, UserError
 from datacloud.inventory import Inventory, Node
 from datacloud.kube import ADMIN_KUBECONFIG
-from datacloud.render import render_text
+from datacloud.render import kubernetes_pins, render_text
 from datacloud.stages._common import StageContext, Step, outcome, worker_nodes
-from datacloud.stages.node_prep import _kube, package_versions, private_source, verified_key
+from datacloud.stages.node_prep import package_versions, private_source, verified_key
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +93,15 @@ def parse_encryption_config(text: str) -> list[dict[str, str]] | None:
 
 
 def stored_encryption_keys(conn_id: str = ENCRYPTION_CONN_ID) -> list[dict[str, str]] | None:
-    from datacloud import connections
-
     conn = connections.get(conn_id)
     keys = None if conn is None else (conn["extra"] or {}).get("keys")
     if keys:
         for key in keys:
-            _mask(str(key.get("secret", "")))
+            connections.mask(str(key.get("secret", "")))
     return keys or None
 
 
 def store_encryption_keys(keys: list[dict[str, str]], cluster: str, conn_id: str = ENCRYPTION_CONN_ID) -> None:
-    from datacloud import connections
-
     connections.put(
         conn_id,
         "generic",
@@ -123,7 +119,7 @@ def encryption_keys(ctx: StageContext, r) -> tuple[list[dict[str, str]], list[st
     stored = stored_encryption_keys()
     keys = node_keys or stored or [new_encryption_key()]
     for key in keys:
-        _mask(key["secret"])
+        connections.mask(key["secret"])
     changes: list[str] = []
     if keys != stored:
         what = f"store the encryption key(s) {', '.join(k['name'] for k in keys)} as the Airflow connection {ENCRYPTION_CONN_ID}"
@@ -136,7 +132,7 @@ def encryption_keys(ctx: StageContext, r) -> tuple[list[dict[str, str]], list[st
 def helm_env(inv: Inventory, r=None) -> dict[str, str]:
     """install-helm.sh's environment; with the control plane's remote ``r`` also the helm
     repository's key, fetched by the node and checked against its pin (versions.yaml)."""
-    k = _kube()
+    k = kubernetes_pins()
     env = {"HELM_PKG_VERSION": package_versions()["helm"], "HELM_APT_SOURCE": "", "HELM_APT_KEY": ""}
     if private_source(inv) is None:
         env["HELM_APT_SOURCE"] = f"deb [signed-by=/etc/apt/keyrings/datacloud-helm.gpg] {k['helm_apt_repository']}"
@@ -149,30 +145,18 @@ def helm_env(inv: Inventory, r=None) -> dict[str, str]:
 
 
 def stored_kubeconfig(conn_id: str = config.KUBE_CONN_ID) -> str | None:
-    from datacloud import connections
-
     conn = connections.get(conn_id)
     return None if conn is None else (conn["extra"] or {}).get("kube_config")
 
 
 def store_kubeconfig(kubeconfig: str, cluster: str, conn_id: str = config.KUBE_CONN_ID) -> None:
     """Create or update the connection (kubernetes type, extra kube_config); see datacloud.connections."""
-    from datacloud import connections
-
     connections.put(
         conn_id,
         "kubernetes",
         description=f"admin kubeconfig of cluster {cluster} (written by provision_platform)",
         extra={"kube_config": kubeconfig},
     )
-
-
-def _mask(secret: str) -> None:
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - outside a task runtime
-        return
-    mask_secret(secret)
 
 
 # --- steps ----------------------------------------------------------------------------
@@ -198,7 +182,7 @@ def init(ctx: StageContext) -> dict:
         initialised = r.run(["test", "-f", ADMIN_KUBECONFIG], check=False).rc == 0
         if initialised and not ctx.dry_run:
             kubeconfig = r.run(["cat", ADMIN_KUBECONFIG], quiet=True, what="read the admin kubeconfig").stdout
-            _mask(kubeconfig)
+            connections.mask(kubeconfig)
             if stored_kubeconfig() != kubeconfig:
                 store_kubeconfig(kubeconfig, inv.cluster.name)
                 changes.append(f"store the admin kubeconfig as the Airflow connection {config.KUBE_CONN_ID}")
@@ -242,7 +226,7 @@ def join(ctx: StageContext, node: Node) -> dict:
             what="kubeadm token create",
         ).stdout.strip()
     endpoint, token, ca_hash = parse_join_command(line)
-    _mask(token)
+    connections.mask(token)
     join_config = render_text("kubernetes/kubeadm-join.yaml", inv=inv, endpoint=endpoint, token=token, ca_hash=ca_hash, node=node)
     with ctx.remote(node) as r:
         res = r.script(
@@ -362,7 +346,7 @@ def encryption_key(ctx: StageContext) -> dict:
                 )
             return outcome("kubernetes", "encryption_key", [], ctx.dry_run)
         for key in keys:
-            _mask(key["secret"])
+            connections.mask(key["secret"])
         if not asked and len(keys) == 1:
             return outcome("kubernetes", "encryption_key", [], ctx.dry_run, key=keys[0]["name"])
         if ctx.dry_run:

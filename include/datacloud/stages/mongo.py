@@ -24,14 +24,15 @@ import contextlib
 import logging
 import secrets
 import urllib.parse
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from datacloud import connections
 from datacloud.config import MONGO_CONN_ID, MONGO_DATABASE
 from datacloud.errors import TransientError, UserError
 from datacloud.inventory import Inventory, MongoSettings
 from datacloud.render import Release, Rendered, namespace_policies, render_template, versions
 from datacloud.stages._common import Step, outcome
+from datacloud.stages.apps_common import ROTATE_ANNOTATION
 from datacloud.stages.storage import apply_or_plan, k8s_resources, storage_classes, wait_until
 
 if TYPE_CHECKING:  # pymongo is imported where it is used: the DAG parses this module
@@ -242,27 +243,12 @@ def airflow_connection(inv: Inventory, password: str) -> dict[str, Any]:
 READY_TIMEOUT_S = 1800
 
 
-# An administrator asks for a new password by annotating the Secret (kubectl annotate
-# secret -n mongo <name> datacloud/rotate=true); the next run of the stage rotates it
-# and removes the annotation.
-ROTATE_ANNOTATION = "datacloud/rotate"
-
-
-def _mask(value: str) -> None:
-    """Redact a secret value from every task log line (outside a task: nothing to do)."""
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - outside a task runtime
-        return
-    mask_secret(value)
-
-
 def _mask_values(data: dict[str, str]) -> None:
     """Mask every password and the keyFile; user names (keys *_USER: "backup",
     "clusterAdmin") are not secret, and masking them would redact those words everywhere."""
     for key, value in data.items():
         if not key.endswith("_USER"):
-            _mask(value)
+            connections.mask(value)
 
 
 def _decode(obj: dict[str, Any]) -> dict[str, str]:
@@ -441,35 +427,6 @@ def step_sharding(ctx: Any) -> dict[str, Any]:
     return outcome("mongo", "sharding", changes, False, shards=status.shards, flights=loads)
 
 
-def publish_connection(
-    conn_id: str,
-    fields: dict[str, Any],
-    get_current: Callable[[str], dict[str, Any] | None],
-    write: Callable[[str, dict[str, Any]], None],
-) -> bool:
-    """Store the connection unless it already holds exactly these fields; True when written."""
-    if get_current(conn_id) == fields:
-        return False
-    write(conn_id, fields)
-    return True
-
-
-def _current_fields(conn_id: str) -> dict[str, Any] | None:
-    from datacloud import connections
-
-    return connections.get(conn_id)
-
-
-def _write_connection(conn_id: str, fields: dict[str, Any]) -> None:
-    """Through datacloud.connections (the Airflow API, or the DB where a task may reach it)."""
-    from datacloud import connections
-
-    values = dict(fields)
-    conn_type = values.pop("conn_type")
-    extra = values.pop("extra", None) or {}
-    connections.put(conn_id, conn_type, extra=extra, **values)
-
-
 def step_connection(ctx: Any) -> dict[str, Any]:
     """The application user's URI as the Airflow connection datacloud_mongo."""
     with ctx.kube() as kube:
@@ -480,9 +437,9 @@ def step_connection(ctx: Any) -> dict[str, Any]:
         raise TransientError("the application user's Secret is missing; the apply step has not finished")
     fields = airflow_connection(ctx.inv, app["password"])
     if ctx.dry_run:
-        same = _current_fields(MONGO_CONN_ID) == fields
+        same = connections.get(MONGO_CONN_ID) == fields
         return outcome("mongo", "connection", [] if same else [f"would store connection {MONGO_CONN_ID}"], True)
-    written = publish_connection(MONGO_CONN_ID, fields, _current_fields, _write_connection)
+    written = connections.publish_connection(MONGO_CONN_ID, fields, connections.get, connections.write_connection)
     return outcome("mongo", "connection", [f"connection {MONGO_CONN_ID} stored"] if written else [], False)
 
 

@@ -17,18 +17,13 @@ import hashlib
 
 from datacloud.errors import TransientError, UserError
 from datacloud.inventory import Inventory, Node
+from datacloud.render import kubernetes_pins
 from datacloud.stages._common import StageContext, Step, all_nodes, outcome
-
-
-def _kube() -> dict:
-    from datacloud.render import versions
-
-    return versions()["kubernetes"]
 
 
 def package_versions(kubernetes_version: str | None = None) -> dict[str, str]:
     """The exact Debian versions node_prep installs (kubelet=1.34.2-1.1, helm=3.19.2-1)."""
-    k = _kube()
+    k = kubernetes_pins()
     kv = kubernetes_version or str(k["version"])
     pkg = f"{kv}-{k['package_revision']}"
     return {"kubelet": pkg, "kubeadm": pkg, "kubectl": pkg, "helm": f"{k['helm']}-{k['helm_package_revision']}"}
@@ -55,7 +50,7 @@ def apt_key(inv: Inventory) -> tuple[str, str] | None:
     p = inv.packages
     if p.repository is not None:
         return (p.apt_key_url, p.apt_key_fingerprint) if p.apt_key_url and p.apt_key_fingerprint else None
-    k = _kube()
+    k = kubernetes_pins()
     return k["apt_key"].format(minor=minor(inv.cluster.kubernetes_version)), str(k["apt_key_fingerprint"])
 
 
@@ -63,7 +58,7 @@ def apt_env(inv: Inventory) -> dict[str, str]:
     """APT_SOURCE for the Kubernetes packages (APT_KEY, the verified key, is added by prepare)."""
     source = private_source(inv)
     if source is None:
-        k = _kube()
+        k = kubernetes_pins()
         m = minor(inv.cluster.kubernetes_version)
         source = f"deb [signed-by={KEYRING}] {k['apt_repository'].format(minor=m)} /"
     return {"APT_SOURCE": source, "APT_KEY": "", "APT_KEY_FINGERPRINT": ""}
@@ -180,7 +175,7 @@ def env_for(ctx: StageContext, node: Node | None = None) -> dict[str, str]:
         **apt_env(ctx.inv),
         **runtime_env(ctx.inv, node or ctx.inv.control_plane),
         "K8S_PKG_VERSION": package_versions(ctx.inv.cluster.kubernetes_version)["kubeadm"],
-        "SANDBOX_IMAGE": str(_kube()["sandbox_image"]),
+        "SANDBOX_IMAGE": str(kubernetes_pins()["sandbox_image"]),
     }
 
 

@@ -30,6 +30,7 @@ from datacloud.inventory import Inventory, Resources
 from datacloud.render import Release, Rendered, render_template, versions
 from datacloud.stages.apps_common import (
     JUPYTER_NS,
+    ROTATE_ANNOTATION,
     SPARK_CONNECT_NS,
     SPARK_JOBS_NS,
     SPARK_OPERATOR_NS,
@@ -422,12 +423,6 @@ def apply(ctx: Any) -> dict[str, Any]:
 # --- tokens and the Airflow connections --------------------------------------------
 
 
-def _mask(value: str) -> None:
-    from datacloud.stages.mongo import _mask as mask
-
-    mask(value)
-
-
 def new_connect_token() -> str:
     """43 URL-safe characters (256 bits) from the OS's CSPRNG."""
     import secrets
@@ -437,21 +432,22 @@ def new_connect_token() -> str:
 
 def connect_token(kube: Any, obj: dict[str, Any] | None = None) -> str | None:
     """The Connect server's token (masked), or None before the apply step created it; OBJ: the Secret, already read."""
+    from datacloud.connections import mask
     from datacloud.stages.apps_common import decoded_value
 
     if obj is None:
         obj = kube.get_json("secret", CONNECT_TOKEN_SECRET, namespace=SPARK_CONNECT_NS)
     value = decoded_value(obj, CONNECT_TOKEN_KEY)
     if value is not None:
-        _mask(value)
+        mask(value)
     return value
 
 
 def converge_connect_token(kube: Any, dry_run: bool) -> str | None:
     """Create the token Secret once; a re-run keeps it; ``datacloud/rotate=true`` on it asks for a new one."""
+    from datacloud.connections import mask
     from datacloud.errors import UserError
     from datacloud.stages.apps_common import secret_object
-    from datacloud.stages.mongo import ROTATE_ANNOTATION
 
     obj = kube.get_json("secret", CONNECT_TOKEN_SECRET, namespace=SPARK_CONNECT_NS)
     current = connect_token(kube, obj) if obj is not None else None
@@ -471,7 +467,7 @@ def converge_connect_token(kube: Any, dry_run: bool) -> str | None:
     if dry_run:
         return what
     token = new_connect_token()
-    _mask(token)
+    mask(token)
     kube.apply([secret_object(CONNECT_TOKEN_SECRET, SPARK_CONNECT_NS, {CONNECT_TOKEN_KEY: token}, "spark-connect")])
     if rotate:
         kube.kubectl("annotate", "secret", CONNECT_TOKEN_SECRET, "--namespace", SPARK_CONNECT_NS, f"{ROTATE_ANNOTATION}-")
@@ -504,6 +500,7 @@ def submitter_token(kube: Any, *, clock: Any = None, sleep: Any = None) -> tuple
     """(token, CA in PEM) of ``airflow-submitter``, once the token controller has filled its Secret in."""
     import base64
 
+    from datacloud.connections import mask
     from datacloud.stages.apps_common import Poller
 
     found: dict[str, str] = {}
@@ -514,7 +511,7 @@ def submitter_token(kube: Any, *, clock: Any = None, sleep: Any = None) -> tuple
         if data.get("token") and data.get("ca.crt"):
             found["token"] = base64.b64decode(data["token"]).decode()
             found["ca"] = base64.b64decode(data["ca.crt"]).decode()
-            _mask(found["token"])
+            mask(found["token"])
             return True, "token issued"
         return False, "waiting for the token controller" if obj else "Secret not created yet"
 
@@ -574,12 +571,13 @@ def _same_connection(current: dict[str, Any] | None, fields: dict[str, Any]) -> 
 def connections(ctx: Any, *, clock: Any = None, sleep: Any = None) -> dict[str, Any]:
     """Store the Connect token and the submitter's kubeconfig as Airflow connections (unchanged ones untouched)."""
     from datacloud.config import SPARK_CONNECT_CONN_ID, SPARK_SUBMIT_CONN_ID
+    from datacloud.connections import get as current_fields
+    from datacloud.connections import mask, publish_connection, write_connection
     from datacloud.errors import TransientError
-    from datacloud.stages.mongo import _current_fields, _write_connection, publish_connection
 
     def _comparable_fields(fields: dict[str, Any]) -> Any:
         # what is stored, as far as it can be read back (the description is not): equal means unchanged
-        return lambda conn_id: fields if _same_connection(_current_fields(conn_id), fields) else None
+        return lambda conn_id: fields if _same_connection(current_fields(conn_id), fields) else None
 
     kube = ctx.kube()
     token = connect_token(kube)
@@ -592,14 +590,14 @@ def connections(ctx: Any, *, clock: Any = None, sleep: Any = None) -> dict[str, 
         return _outcome("connections", [f"would store connection {SPARK_SUBMIT_CONN_ID} once its token exists"], True)
     sa_token, ca = submitter_token(kube, clock=clock, sleep=sleep)
     kubeconfig = submitter_kubeconfig(api_server_address(kube), ca, sa_token, cluster)
-    _mask(kubeconfig)
+    mask(kubeconfig)
     wanted = {SPARK_CONNECT_CONN_ID: connect_connection(token), SPARK_SUBMIT_CONN_ID: submit_connection(kubeconfig, cluster)}
     changes: list[str] = []
     for conn_id, fields in wanted.items():
         if ctx.dry_run:
-            if not _same_connection(_current_fields(conn_id), fields):
+            if not _same_connection(current_fields(conn_id), fields):
                 changes.append(f"would store connection {conn_id}")
-        elif publish_connection(conn_id, fields, _comparable_fields(fields), _write_connection):
+        elif publish_connection(conn_id, fields, _comparable_fields(fields), write_connection):
             changes.append(f"connection {conn_id} stored")
     return _outcome(
         "connections", changes, ctx.dry_run, connect_conn_id=SPARK_CONNECT_CONN_ID, submit_conn_id=SPARK_SUBMIT_CONN_ID
