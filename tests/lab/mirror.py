@@ -93,7 +93,7 @@ sys.path.insert(0, str(ROOT / "include"))
 sys.path.insert(0, str(ROOT))  # tests.lab, when this file runs as a command
 
 from datacloud import config  # noqa: E402
-from datacloud.localstack import process_start_time  # noqa: E402
+from datacloud.localstack import process_start_time, spark_jars  # noqa: E402
 from datacloud.render import versions  # noqa: E402  (manifests/versions.yaml, the one reader)
 
 KUBE_BUILD = ROOT / "include" / "scripts" / "setup.d" / "kube-build.sh"
@@ -118,6 +118,16 @@ NETFILTER_PACKAGES = ("nftables", "iptables", "conntrack")
 # Its registry host is a reserved name (.invalid never resolves), so it can only come from the lab mirror.
 PROBE_REGISTRY = "lab.datacloud.invalid"
 PROBE_REF = f"{PROBE_REGISTRY}/probe:busybox"
+# The lab inventory's images.registry: where the platform's own images (the Spark image) come from.
+OWN_REGISTRY = PROBE_REGISTRY
+SPARK_OS_STEP = ROOT / "include" / "scripts" / "setup.d" / "spark-os.sh"
+SPARK_ENTRYPOINT = Path(__file__).resolve().parent / "spark-entrypoint.sh"
+# The Spark image's Python side: these distributions and what they require, copied from this
+# interpreter's environment (requirements.txt / constraints.txt pin them), for Debian's python3.11.
+SPARK_PYTHON_DISTS = ("pyspark", "numpy", "pandas", "pyarrow")
+SPARK_SITE = "usr/local/lib/python3.11/dist-packages"  # on Debian python3.11's sys.path
+SPARK_UID = 185  # the official Spark image's user
+JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
 IPTABLES_LINKS = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore")
 
 
@@ -144,6 +154,7 @@ def image_refs() -> dict[str, str]:
     refs["local-path-provisioner"] = docker_io(str(st["local_path_image"]))  # the storage stage without Ceph disks
     refs["busybox"] = docker_io(str(st["local_path_helper_image"]))  # its helper pods and the storage probe
     refs["probe"] = PROBE_REF
+    refs["spark"] = f"{OWN_REGISTRY}/{v['spark']['image']}"  # images.own_image with the lab's images.registry
     return refs
 
 
@@ -203,6 +214,16 @@ def busybox_binary() -> Path:
         if line.endswith("/bin/busybox") and Path(line).is_file():
             return Path(line)
     raise FileNotFoundError("busybox-static is not installed (apt-get install busybox-static; ./dev setup does it)")
+
+
+def spark_os_root() -> Path:
+    """The Debian root of the Spark image (include/scripts/setup.d/spark-os.sh; built when missing)."""
+    dest = Path(subprocess.run(["bash", str(SPARK_OS_STEP), "--dest"], env=_env(), check=True, capture_output=True,
+                               text=True).stdout.strip())  # fmt: skip
+    if not (dest / ".done").exists():
+        print(f"lab | building the Spark image's Debian root once ({dest}); about a minute", file=sys.stderr)
+        subprocess.run(["bash", str(SPARK_OS_STEP)], check=True, env=_env())
+    return dest / "rootfs"
 
 
 def _check_arch() -> None:
@@ -481,6 +502,86 @@ def _busybox_tree(applets: tuple[str, ...] = BUSYBOX_APPLETS, where: str = "usr/
     return t
 
 
+def _rootfs_tree(root: Path) -> _Tree:
+    """A whole root filesystem as one layer: folders with their modes, files, symlinks; not the
+    contents of dev, proc, sys and run (the runtime mounts those), nor device nodes."""
+    t = _Tree()
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        rel = d.relative_to(root).as_posix()
+        if rel != ".":
+            t.entries[rel] = _Entry("dir", d.stat().st_mode & 0o7777)
+        if rel in ("dev", "proc", "sys", "run"):
+            dirnames[:] = []
+            continue
+        for name in sorted(dirnames + filenames):
+            p = d / name
+            path = name if rel == "." else f"{rel}/{name}"
+            if p.is_symlink():
+                t.link(path, os.readlink(p))
+                dirnames[:] = [x for x in dirnames if x != name]
+            elif p.is_file():
+                t.file(path, p)
+    return t
+
+
+def _dist_files(names: tuple[str, ...]) -> dict[str, Path]:
+    """Site-relative path -> file of the installed distributions NAMES and everything they require
+    (requirements whose marker holds here; extras left out)."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = list(names)
+    out: dict[str, Path] = {}
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        dist = md.distribution(name)
+        for f in dist.files or []:
+            rel = f.as_posix()
+            if not (rel.startswith("..") or "__pycache__" in rel):
+                out[rel] = Path(str(f.locate()))
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return out
+
+
+def _dist_version(name: str) -> str:
+    import importlib.metadata as md
+
+    return md.version(name)
+
+
+def _spark_python_tree() -> _Tree:
+    t = _Tree()
+    for rel, src in _dist_files(SPARK_PYTHON_DISTS).items():
+        if src.is_file():
+            t.file(f"{SPARK_SITE}/{rel}", src)
+    return t
+
+
+def _spark_app_tree(os_root: Path, jars: list[Path]) -> _Tree:
+    """The connector jars into Spark's jars, /opt/spark, the entrypoint and the spark user."""
+    t = _Tree()
+    for jar in jars:
+        t.file(f"{SPARK_SITE}/pyspark/jars/{jar.name}", jar, mode=0o644)
+    t.link("opt/spark", f"/{SPARK_SITE}/pyspark")
+    t.file("opt/entrypoint.sh", SPARK_ENTRYPOINT, mode=0o755)
+    t.dir("opt/spark-work", 0o1777)
+    passwd = (os_root / "etc/passwd").read_text() + f"spark:x:{SPARK_UID}:{SPARK_UID}:Spark:/opt/spark-work:/bin/bash\n"
+    group = (os_root / "etc/group").read_text() + f"spark:x:{SPARK_UID}:\n"
+    t.file("etc/passwd", data=passwd.encode(), mode=0o644)
+    t.file("etc/group", data=group.encode(), mode=0o644)
+    return t
+
+
 def _busybox_applets() -> tuple[str, ...]:
     out = subprocess.run([str(busybox_binary()), "--list"], check=True, capture_output=True, text=True).stdout.split()
     return tuple(a for a in out if a != "busybox" and "/" not in a and not a.startswith("["))
@@ -512,6 +613,8 @@ class _Spec:
     user: str = ""
     path: str = PATH_ENV
     source: str = ""
+    env: tuple[str, ...] = ()
+    workdir: str = "/"
 
 
 def _specs() -> list[_Spec]:
@@ -567,6 +670,17 @@ def _specs() -> list[_Spec]:
             source="Debian bookworm busybox-static, every applet in /bin (as the busybox image has them)",
         ),
         _Spec(
+            "spark",
+            refs["spark"],
+            ("spark-os", "spark-python", "spark-app"),
+            entrypoint=("/opt/entrypoint.sh",),
+            user=str(SPARK_UID),
+            env=(f"JAVA_HOME={JAVA_HOME}", "SPARK_HOME=/opt/spark", "PYSPARK_PYTHON=python3", "PYSPARK_DRIVER_PYTHON=python3"),
+            workdir="/opt/spark-work",
+            source="Debian bookworm (openjdk-17-jre-headless, python3, tini) + the pyspark wheel's Spark "
+            f"{versions()['local']['spark']} + numpy/pandas/pyarrow wheels + the MongoDB Spark connector jars",
+        ),
+        _Spec(
             "probe",
             refs["probe"],
             ("base", "busybox-all"),
@@ -593,11 +707,14 @@ def _inputs() -> tuple[dict, dict[str, Path]]:
         "flanneld": bin_dir("flannel") / "flanneld",
         "local-path-provisioner": bin_dir("local-path") / "local-path-provisioner",
         "busybox": busybox_binary(),
+        "spark-entrypoint": SPARK_ENTRYPOINT,
+        **{f"jar:{j.name}": j for j in spark_jars()},
     }
     for name, p in files.items():
         if not p.is_file():
             raise FileNotFoundError(f"{name}: {p} is missing")
     lab = lab_rootfs()
+    spark_os = spark_os_root()
     k = v["kubernetes"]
     key = {
         "refs": image_refs(),
@@ -606,13 +723,15 @@ def _inputs() -> tuple[dict, dict[str, Path]]:
         "files": _stat_key(list(files.values())),
         "pool": sorted(p.name for p in (lab / "pool").glob("*.deb")),
         "rootfs": str(lab),
+        "spark-os": str(spark_os),
+        "spark-python": sorted(f"{d}=={_dist_version(d)}" for d in SPARK_PYTHON_DISTS),
         "code": _self_hash(),
     }
     return key, files
 
 
 def _image_config(spec: _Spec, diff_ids: list[str]) -> dict:
-    cfg: dict = {"Env": [f"PATH={spec.path}"], "WorkingDir": "/"}
+    cfg: dict = {"Env": [f"PATH={spec.path}", *spec.env], "WorkingDir": spec.workdir}
     if spec.entrypoint:
         cfg["Entrypoint"] = list(spec.entrypoint)
     if spec.cmd:
@@ -729,6 +848,9 @@ def build_images() -> ImageSet:
             "busybox": _busybox_tree(),
             "busybox-all": _busybox_tree(_busybox_applets()),
             "busybox-bin": _busybox_tree(_busybox_applets(), where="bin"),
+            "spark-os": _rootfs_tree(spark_os_root()),
+            "spark-python": _spark_python_tree(),
+            "spark-app": _spark_app_tree(spark_os_root(), [files[n] for n in sorted(files) if n.startswith("jar:")]),
             "local-path": _bin_tree({"usr/bin/local-path-provisioner": files["local-path-provisioner"]}),
             "etcd": _bin_tree({f"usr/local/bin/{n}": files[n] for n in ("etcd", "etcdctl", "etcdutl")}),
             "coredns": _bin_tree({"coredns": files["coredns"]}),

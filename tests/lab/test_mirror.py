@@ -40,6 +40,11 @@ FLANNEL = "v" + str(V["network"]["flannel_version"]).lstrip("v")
 HELM = str(K["helm"]).lstrip("v")
 CNI = str(V["network"]["cni_plugins_version"]).lstrip("v")
 REV = str(K["package_revision"])
+LOCAL_PATH = "docker.io/" + str(V["storage"]["local_path_image"])
+BUSYBOX = "docker.io/library/" + str(V["storage"]["local_path_helper_image"])
+SPARK = f"{mirror.PROBE_REGISTRY}/{V['spark']['image']}"
+SPARK_VERSION, SCALA = str(V["local"]["spark"]), str(V["local"]["scala_binary"])
+SITE = "usr/local/lib/python3.11/dist-packages"
 
 EXPECTED = {
     f"registry.k8s.io/kube-apiserver:{KUBE}": ["usr/local/bin/kube-apiserver"],
@@ -64,12 +69,31 @@ EXPECTED = {
     ]
     + [f"usr/bin/{a}" for a in ("cp", "cat", "sleep", "mkdir", "mv", "sh", "test")],
     "lab.datacloud.invalid/probe:busybox": [f"usr/bin/{a}" for a in ("sh", "httpd", "wget", "nslookup", "nc", "sleep")],
+    LOCAL_PATH: ["usr/bin/local-path-provisioner"],
+    BUSYBOX: ["bin/sh", "bin/mkdir", "bin/rm", "bin/busybox"],
+    SPARK: [
+        "opt/entrypoint.sh",
+        "usr/bin/tini",
+        "usr/bin/python3",
+        "usr/lib/jvm/java-17-openjdk-amd64/bin/java",
+        "opt/spark/bin/spark-submit",
+        f"opt/spark/jars/spark-core_{SCALA}-{SPARK_VERSION}.jar",
+        f"opt/spark/jars/spark-kubernetes_{SCALA}-{SPARK_VERSION}.jar",
+        f"opt/spark/jars/mongo-spark-connector_{SCALA}-{V['local']['mongo_spark_connector']}.jar",
+        "opt/spark/examples/src/main/python/pi.py",
+        f"{SITE}/pandas/__init__.py",
+        f"{SITE}/pyarrow/__init__.py",
+        f"{SITE}/numpy/__init__.py",
+        f"{SITE}/py4j/__init__.py",
+    ],
 }
 ENTRYPOINTS = {
     f"registry.k8s.io/coredns/coredns:{COREDNS}": ["/coredns"],
     f"registry.k8s.io/pause:{PAUSE}": ["/pause"],
     f"ghcr.io/flannel-io/flannel:{FLANNEL}": ["/opt/bin/flanneld"],
+    SPARK: ["/opt/entrypoint.sh"],
 }
+WORKDIRS = {SPARK: "/opt/spark-work"}  # every other image works in /
 
 
 def _free_port() -> int:
@@ -140,7 +164,7 @@ def _resolves(members: dict[str, tarfile.TarInfo], path: str, depth: int = 0) ->
 
 def test_images_named_after_upstream_with_pinned_versions(images: mirror.ImageSet) -> None:
     assert sorted(images.refs) == sorted(EXPECTED)
-    assert images.upstreams == ["ghcr.io", mirror.PROBE_REGISTRY, "registry.k8s.io"]
+    assert images.upstreams == ["docker.io", "ghcr.io", mirror.PROBE_REGISTRY, "registry.k8s.io"]
     index = json.loads((images.dir / "index.json").read_text())
     assert json.loads((images.dir / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     assert {m["annotations"]["io.containerd.image.name"] for m in index["manifests"]} == set(EXPECTED)
@@ -156,7 +180,7 @@ def test_images_layers_configs_and_files(images: mirror.ImageSet) -> None:
         assert hashlib.sha256(im.config.path.read_bytes()).hexdigest() == im.config.digest.split(":")[1]
         assert (cfg["os"], cfg["architecture"]) == ("linux", "amd64")
         assert any(e.startswith("PATH=") and "/usr/local/bin" in e for e in cfg["config"]["Env"])
-        assert cfg["config"]["WorkingDir"] == "/"
+        assert cfg["config"]["WorkingDir"] == WORKDIRS.get(im.ref, "/")
         if im.ref in ENTRYPOINTS:
             assert cfg["config"]["Entrypoint"] == ENTRYPOINTS[im.ref]
         assert len(cfg["rootfs"]["diff_ids"]) == len(im.layers)
@@ -293,6 +317,8 @@ def test_pull_through_the_mirror_with_containerd(
             f"registry.k8s.io/etcd:{ETCD}-0",
             f"ghcr.io/flannel-io/flannel:{FLANNEL}",
             mirror.PROBE_REF,
+            LOCAL_PATH,
+            BUSYBOX,
         ):
             ctd.ctr("image", "pull", "--hosts-dir", str(hosts), ref)
         ctr_pull = time.monotonic() - t0
@@ -320,10 +346,13 @@ def test_pull_through_the_mirror_with_containerd(
         for line in ctd.ctr("image", "ls").stdout.splitlines()[1:]:
             ref, _type, digest = line.split()[:3]
             listed[ref] = digest
-        for im in images.images:  # the digests we built, so nothing came from anywhere else
+        pulled = [im for im in images.images if im.ref != SPARK]  # the Spark image: pulled by the lab cluster's nodes
+        for im in pulled:  # the digests we built, so nothing came from anywhere else
             assert listed.get(im.ref) == im.manifest.digest, im.ref
+        assert "local-path-provisioner version " in ctd.run(LOCAL_PATH, "local-path-provisioner", "--version").stdout
+        assert "BusyBox v1.35.0" in ctd.run(BUSYBOX, "/bin/sh", "-c", "busybox | head -1").stdout
         assert "pause.c v" + PAUSE in ctd.run(f"registry.k8s.io/pause:{PAUSE}", "/pause", "-v").stdout
-        print(f"\nctr pull (4 images) {ctr_pull:.1f}s; kubeadm config images pull through CRI (7) {cri_pull:.1f}s")
+        print(f"\nctr pull (6 images) {ctr_pull:.1f}s; kubeadm config images pull through CRI (7) {cri_pull:.1f}s")
     finally:
         ctd.stop()
     assert ctd.leftovers() == []

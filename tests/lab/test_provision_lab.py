@@ -460,6 +460,73 @@ def test_local_path_makes_a_volume_on_the_node_of_its_pod_and_removes_it_with_th
     )
 
 
+def test_spark_on_kubernetes_runs_its_driver_and_executors_as_pods_on_the_lab_nodes(lab: Lab, workdir: Path) -> None:
+    """Real Spark on the lab cluster: the pyspark wheel's spark-submit (its spark-kubernetes backend)
+    submits in cluster mode to the lab's API server; the driver and two executors are pods of the
+    lab's Spark image (assembled by tests/lab/mirror.py, pulled from the lab registry) on the nodes,
+    and the driver's log has the job's answer."""
+    from datacloud.localstack import java_home
+    from datacloud.render import versions
+    from tests.lab import mirror
+
+    ns, image = "lab-spark", mirror.image_refs()["spark"]
+    assert image == f"{mirror.OWN_REGISTRY}/{versions()['spark']['image']}"
+    rules = [{"apiGroups": [""], "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"], "verbs": ["*"]}]
+    objects = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "spark", "namespace": ns}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "spark", "namespace": ns},
+         "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "spark", "namespace": ns},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "spark"},
+         "subjects": [{"kind": "ServiceAccount", "name": "spark", "namespace": ns}]},
+    ]  # fmt: skip
+    lab.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    import pyspark
+
+    spark_home = Path(pyspark.__file__).parent
+    env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig()), "SPARK_HOME": str(spark_home)}
+    if java_home():
+        env["JAVA_HOME"] = str(java_home())
+    confs = {
+        "spark.kubernetes.namespace": ns,
+        "spark.kubernetes.authenticate.driver.serviceAccountName": "spark",
+        "spark.kubernetes.container.image": image,
+        "spark.kubernetes.container.image.pullPolicy": "IfNotPresent",
+        "spark.kubernetes.submission.waitAppCompletion": "true",
+        "spark.kubernetes.executor.deleteOnTermination": "false",  # read their nodes below
+        "spark.executor.instances": "2",
+        "spark.driver.memory": "512m",
+        "spark.executor.memory": "512m",
+        "spark.kubernetes.driver.request.cores": "200m",
+        "spark.kubernetes.executor.request.cores": "200m",
+        "spark.kubernetes.driver.label.datacloud/lab": "spark-pi",
+        "spark.kubernetes.executor.label.datacloud/lab": "spark-pi",
+    }
+    argv = [str(spark_home / "bin" / "spark-submit"), "--master", f"k8s://https://{lab.nodes[0].address}:6443",
+            "--deploy-mode", "cluster", "--name", "lab-pi"]  # fmt: skip
+    for k, v in confs.items():
+        argv += ["--conf", f"{k}={v}"]
+    argv += ["local:///opt/spark/examples/src/main/python/pi.py", "8"]
+    t0 = time.monotonic()
+    try:
+        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=workdir)
+        took = time.monotonic() - t0
+        pods = api(lab, "-n", ns, "get", "pods", "-l", "datacloud/lab=spark-pi")["items"]
+        roles = {p["metadata"]["name"]: (p["metadata"]["labels"].get("spark-role"), p["spec"].get("nodeName"),
+                                         p["status"].get("phase")) for p in pods}  # fmt: skip
+        driver = next((n for n, r in roles.items() if r[0] == "driver"), None)
+        log = lab.kubectl("-n", ns, "logs", driver, check=False).stdout if driver else ""
+        assert out.returncode == 0, f"{out.stdout[-3000:]}{out.stderr[-3000:]}\n{roles}\n{log[-3000:]}"
+        assert re.search(r"^Pi is roughly 3\.1\d*$", log, re.M), log[-3000:]
+        executors = [r for r in roles.values() if r[0] == "executor"]
+        assert len(executors) == 2 and roles[driver][2] == "Succeeded", roles
+        assert all(r[1] in {"n1", "n2", "n3"} for r in roles.values()), roles
+        print(f"\nspark-pi on the lab cluster: {took:.1f}s; pods on nodes {sorted(r[1] for r in roles.values())}")
+    finally:
+        lab.kubectl("delete", "namespace", ns, "--timeout=120s", check=False, timeout=150)
+
+
 # --- 3. second run, with n2's SSH session killed in the middle of its task --------------------
 
 
