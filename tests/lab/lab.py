@@ -716,7 +716,13 @@ class Lab:
                 }
                 for x in self.nodes
             ],
-            "components": {"mongo": {"replicas": min(3, n), "config_replicas": min(3, n)}},
+            # the platform's own images (the Spark image) come from the lab registry, under its reserved host
+            "images": {"registry": mirror.OWN_REGISTRY},
+            "components": {
+                "mongo": {"replicas": min(3, n), "config_replicas": min(3, n)},
+                # the operator's stand-in (tests/lab/spark_operator_double.py) submits with spark-submit, a JVM
+                "spark": {"operator": {"cpu_m": 100, "memory_mb": 256, "limit_memory_mb": 768}},
+            },
         }
         for key, value in overrides.items():
             inv[key] = value

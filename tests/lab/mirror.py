@@ -122,6 +122,8 @@ PROBE_REF = f"{PROBE_REGISTRY}/probe:busybox"
 OWN_REGISTRY = PROBE_REGISTRY
 SPARK_OS_STEP = ROOT / "include" / "scripts" / "setup.d" / "spark-os.sh"
 SPARK_ENTRYPOINT = Path(__file__).resolve().parent / "spark-entrypoint.sh"
+# The stand-in of the Kubeflow Spark operator's image (its Go module is not served): the Spark image + this double.
+OPERATOR_DOUBLE = Path(__file__).resolve().parent / "spark_operator_double.py"
 # The Spark image's Python side: these distributions and what they require, copied from this
 # interpreter's environment (requirements.txt / constraints.txt pin them), for Debian's python3.11.
 SPARK_PYTHON_DISTS = ("pyspark", "numpy", "pandas", "pyarrow")
@@ -155,6 +157,8 @@ def image_refs() -> dict[str, str]:
     refs["busybox"] = docker_io(str(st["local_path_helper_image"]))  # its helper pods and the storage probe
     refs["probe"] = PROBE_REF
     refs["spark"] = f"{OWN_REGISTRY}/{v['spark']['image']}"  # images.own_image with the lab's images.registry
+    # the chart's default image (ghcr.io/<repository>:<appVersion>; the chart's version is its appVersion)
+    refs["spark-operator"] = f"ghcr.io/kubeflow/spark-operator/controller:{v['spark']['operator_chart']['version']}"
     return refs
 
 
@@ -681,6 +685,17 @@ def _specs() -> list[_Spec]:
             f"{versions()['local']['spark']} + numpy/pandas/pyarrow wheels + the MongoDB Spark connector jars",
         ),
         _Spec(
+            "spark-operator",
+            refs["spark-operator"],
+            ("spark-os", "spark-python", "spark-app", "operator-double"),
+            entrypoint=("/usr/bin/python3", "/opt/spark-operator-double.py"),
+            user=str(SPARK_UID),
+            env=(f"JAVA_HOME={JAVA_HOME}", "SPARK_HOME=/opt/spark", "PYSPARK_PYTHON=python3"),
+            workdir="/opt/spark-work",
+            source="STAND-IN (a double): the lab's Spark image + tests/lab/spark_operator_double.py, which submits "
+            "SparkApplications with the real spark-submit and writes their status; the operator's Go module is not served",
+        ),
+        _Spec(
             "probe",
             refs["probe"],
             ("base", "busybox-all"),
@@ -708,6 +723,7 @@ def _inputs() -> tuple[dict, dict[str, Path]]:
         "local-path-provisioner": bin_dir("local-path") / "local-path-provisioner",
         "busybox": busybox_binary(),
         "spark-entrypoint": SPARK_ENTRYPOINT,
+        "operator-double": OPERATOR_DOUBLE,
         **{f"jar:{j.name}": j for j in spark_jars()},
     }
     for name, p in files.items():
@@ -850,6 +866,7 @@ def build_images() -> ImageSet:
             "busybox-bin": _busybox_tree(_busybox_applets(), where="bin"),
             "spark-os": _rootfs_tree(spark_os_root()),
             "spark-python": _spark_python_tree(),
+            "operator-double": _bin_tree({"opt/spark-operator-double.py": files["operator-double"]}),
             "spark-app": _spark_app_tree(spark_os_root(), [files[n] for n in sorted(files) if n.startswith("jar:")]),
             "local-path": _bin_tree({"usr/bin/local-path-provisioner": files["local-path-provisioner"]}),
             "etcd": _bin_tree({f"usr/local/bin/{n}": files[n] for n in ("etcd", "etcdctl", "etcdutl")}),

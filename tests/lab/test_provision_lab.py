@@ -46,6 +46,9 @@ STAND_INS = {
     "the machines": "network namespaces + overlay root filesystems sharing this VM's kernel and cgroup hierarchies",
     "the upstream registries and repositories": "the lab mirror on its bridge: Debian's docker-registry with images "
     "assembled from the binaries built here, an apt repository with .debs of them, ../shared/charts over HTTP",
+    "the Kubeflow Spark operator": "its image (ghcr.io/kubeflow/spark-operator/controller) is the lab's Spark image + "
+    "tests/lab/spark_operator_double.py: the chart is real; the controller double submits SparkApplications with the "
+    "real spark-submit and writes their status, the webhook double admits everything (its Go module is not served)",
     "NetworkPolicy enforcement": "not run: this VM's kernel has no nft queue support (CONFIG_NFT_QUEUE), which "
     "kube-network-policies needs; the lab runs flannel without the policy agent",
 }
@@ -525,6 +528,85 @@ def test_spark_on_kubernetes_runs_its_driver_and_executors_as_pods_on_the_lab_no
         print(f"\nspark-pi on the lab cluster: {took:.1f}s; pods on nodes {sorted(r[1] for r in roles.values())}")
     finally:
         lab.kubectl("delete", "namespace", ns, "--timeout=120s", check=False, timeout=150)
+
+
+def test_the_operator_chart_with_its_double_runs_a_sparkapplication_and_the_history_server_lists_it(
+    lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spark stage's operator release (the real chart, from the lab's chart repository) with the
+    operator's image stood in by tests/lab/spark_operator_double.py; the stage's namespaces, RBAC and
+    History Server (the lab's real Spark image). A SparkApplication of the platform's spec runs as real
+    driver and executor pods; the double writes its status; the History Server lists the run."""
+    from datacloud.inventory import load_inventory
+    from datacloud.kube import Kube
+    from datacloud.stages import spark
+    from datacloud.stages.apps_common import SPARK_JOBS_NS, SPARK_OPERATOR_NS
+
+    _remote_env(lab, env, monkeypatch)
+    inv = load_inventory(lab.inventory_path)
+    rendered = spark.render(inv)
+    name = f"lab-pi-{os.getpid()}"
+    app = {
+        "apiVersion": "sparkoperator.k8s.io/v1beta2",
+        "kind": "SparkApplication",
+        "metadata": {"name": name, "namespace": SPARK_JOBS_NS},
+        "spec": spark.application_spec(inv, name=name, main_file="local:///opt/spark/examples/src/main/python/pi.py",
+                                       main_class=None, app_type="Python", args=["8"], ttl_s=600),
+    }  # fmt: skip
+    t0 = time.monotonic()
+    try:
+        with Kube(inv) as kube:
+            for stem in ("namespaces", "rbac", "history-server"):
+                kube.apply(rendered.objects[stem])
+            (release,) = rendered.releases
+            assert kube.helm_upgrade(release, timeout_s=300) is True
+            for deploy in ("spark-operator-controller", "spark-operator-webhook"):
+                kube.rollout_status("deployment", deploy, namespace=SPARK_OPERATOR_NS, timeout_s=300)
+            kube.rollout_status("deployment", "spark-history-server", namespace=SPARK_JOBS_NS, timeout_s=300)
+            installed = time.monotonic() - t0
+            # the webhook double put its CA into the chart's webhook configurations
+            hook = api(lab, "get", "mutatingwebhookconfiguration", "spark-operator-webhook")
+            assert all(w["clientConfig"].get("caBundle") for w in hook["webhooks"])
+            kube.apply([app])  # admitted by the chart's validating webhook (failurePolicy Fail): the double answered
+
+            def state() -> dict | None:
+                st = (kube.get_json("sparkapplication", name, namespace=SPARK_JOBS_NS) or {}).get("status") or {}
+                return st if (st.get("applicationState") or {}).get("state") in spark.TERMINAL_STATES else None
+
+            final = wait_for(f"SparkApplication {name} finished", state, timeout=420, interval=3)
+            ran = time.monotonic() - t0 - installed
+            driver = api(lab, "-n", SPARK_JOBS_NS, "get", "pod", f"{name}-driver")
+            log = lab.kubectl("-n", SPARK_JOBS_NS, "logs", f"{name}-driver", check=False).stdout
+            controller = lab.kubectl("-n", SPARK_OPERATOR_NS, "logs", "deployment/spark-operator-controller",
+                                     check=False).stdout  # fmt: skip
+            assert final["applicationState"]["state"] == "COMPLETED", (final, log[-2000:], controller[-3000:])
+            assert re.search(r"^Pi is roughly 3\.1\d*$", log, re.M), log[-2000:]
+            assert final["sparkApplicationId"] == driver["metadata"]["labels"]["spark-app-selector"]
+            assert final["executorState"], final  # the executors the double saw
+            assert driver["metadata"]["labels"]["sparkoperator.k8s.io/app-name"] == name
+            assert driver["metadata"]["ownerReferences"][0]["kind"] == "SparkApplication"
+            assert driver["spec"]["serviceAccountName"] == "spark"
+            # the event log went to the shared claim, and the History Server (the lab's Spark image) reads it
+            listed = wait_for(
+                "the History Server lists the run",
+                lambda: any(a.get("id") == final["sparkApplicationId"] for a in spark.history_applications(kube)),
+                timeout=120,
+                interval=3,
+            )
+            assert listed
+            print(f"\noperator chart + double and History Server up in {installed:.1f}s; SparkApplication {ran:.1f}s")
+            # deleting the application deletes its pods (the owner reference the operator sets)
+            kube.kubectl("delete", "sparkapplication", name, "--namespace", SPARK_JOBS_NS, "--wait=true")
+            wait_for(
+                "the driver pod deleted with its application",
+                lambda: lab.kubectl("-n", SPARK_JOBS_NS, "get", "pod", f"{name}-driver", check=False).returncode != 0,
+                timeout=120,
+            )
+    finally:
+        with Kube(inv) as kube:
+            kube.helm("uninstall", "spark-operator", "--namespace", SPARK_OPERATOR_NS, "--wait", check=False)
+        for ns in (SPARK_JOBS_NS, "spark-connect", SPARK_OPERATOR_NS):
+            lab.kubectl("delete", "namespace", ns, "--timeout=120s", check=False, timeout=150)
 
 
 # --- 3. second run, with n2's SSH session killed in the middle of its task --------------------

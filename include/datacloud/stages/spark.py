@@ -108,9 +108,9 @@ def require_registry(inv: Inventory) -> str:
     return image(inv)
 
 
-def examples_jar() -> str:
-    scala = versions()["local"]["scala_binary"]
-    return f"local:///opt/spark/examples/jars/spark-examples_{scala}-{spark_version()}.jar"
+# Spark's own Python example, in the official image and in the one the lab assembles from the
+# pyspark wheel (which has no examples jar): the smoke test and the nightly example run it.
+EXAMPLE_PI = "local:///opt/spark/examples/src/main/python/pi.py"
 
 
 def jvm_memory(res: Resources) -> tuple[str, str]:
@@ -157,9 +157,9 @@ def application_spec(
     *,
     name: str,
     main_file: str | None = None,
-    main_class: str | None = "org.apache.spark.examples.SparkPi",
+    main_class: str | None = None,
     args: list[str] | None = None,
-    app_type: str = "Scala",
+    app_type: str = "Python",
     extra_conf: dict[str, str] | None = None,
     ttl_s: int | None = None,
 ) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def application_spec(
         "mode": "cluster",
         "image": image(inv),
         "imagePullPolicy": pull_policy(image(inv)),
-        "mainApplicationFile": main_file or examples_jar(),
+        "mainApplicationFile": main_file or EXAMPLE_PI,
         "arguments": list(args or []),
         "sparkVersion": spark_version(),
         "restartPolicy": {"type": "Never"},
@@ -367,7 +367,7 @@ def _context(inv: Inventory) -> dict[str, Any]:
 
 
 def render_smoke(inv: Inventory, name: str) -> list[dict[str, Any]]:
-    """The verification SparkApplication (a short SparkPi), named per run."""
+    """The verification SparkApplication (Spark's Python pi example), named per run."""
     ctx = _context(inv)
     ctx["app_spec"] = lambda **kw: application_spec(inv, ttl_s=3600, **kw)
     return render_template("spark/smoke.yaml.j2", name=name, **ctx)

@@ -4,7 +4,7 @@
 # The platform's Spark image (manifests/images/spark) is the official Apache Spark
 # image plus Python and the MongoDB connector; no image registry is reachable here,
 # so the lab assembles the same content itself: this Debian bookworm root (a Java 17
-# runtime, Python 3, tini, procps) below the pyspark wheel's Spark, the connector jars
+# runtime, Python 3, tini, procps; openssl for the lab's operator double) below the pyspark wheel's Spark, the connector jars
 # and our job files. Made once with mmdebstrap from Debian's packages; cached under
 # $CACHE/lab/spark-os-<key>/rootfs (the key changes with the suite or the package list).
 # Prints one line: "skipped: ..." or what it built; with --dest only the cache folder.
@@ -12,7 +12,7 @@ set -euo pipefail
 
 CACHE="${CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/datacloud}"
 SUITE=bookworm
-INCLUDE=openjdk-17-jre-headless,python3,tini,procps
+INCLUDE=openjdk-17-jre-headless,python3,tini,procps,openssl
 # what an image needs no copy of (manual pages are removed after the install: the
 # Java packages' update-alternatives links need /usr/share/man/man1 while they configure)
 EXCLUDE=('/usr/share/doc/*' '/usr/share/locale/*' '/usr/share/info/*')
