@@ -12,3 +12,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     terminalreporter.section("still stood in on the real-Kubernetes lab")
     for what, why in STAND_INS.items():
         terminalreporter.write_line(f"{what}: {why}")
+    from tests.lab import mirror
+
+    terminalreporter.section("the lab's images: real (built here) or stand-in")
+    for ref, kind, source in mirror.image_table():
+        terminalreporter.write_line(f"{ref:<62} {kind:<9} {source}")

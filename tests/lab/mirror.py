@@ -706,6 +706,11 @@ def _specs() -> list[_Spec]:
     return specs
 
 
+def image_table() -> list[tuple[str, str, str]]:
+    """(reference, real | stand-in, what it is built from) of every image the lab serves."""
+    return [(sp.ref, "stand-in" if sp.source.startswith("STAND-IN") else "real", sp.source) for sp in _specs()]
+
+
 def _inputs() -> tuple[dict, dict[str, Path]]:
     """(hash key, named input files) of the images."""
     v = versions()

@@ -37,7 +37,7 @@ ROOT = HERE.parents[1]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the SSH lab needs root (network namespaces, mounts)")
 
-STAGES = ["preflight", "gateway", "node_prep", "kubernetes", "network", "storage", "verify"]
+STAGES = ["preflight", "gateway", "node_prep", "kubernetes", "network", "storage", "spark", "verify"]
 
 # What this lab still stands in for, and why (tests/lab/conftest.py prints it).
 STAND_INS = {
@@ -56,10 +56,12 @@ STAND_INS = {
 # Files an SSH login itself writes (sshd's login records, sudo's timestamps), and what the
 # node's services write as they run (logs, /run, the CNI plugins' per-pod state, and the
 # runtime state of the pods a run starts and deletes: the storage stage's probe and the
-# local-path helper pods it makes; kubectl's discovery and HTTP cache on the control plane).
+# local-path helper pods it makes; kubectl's discovery and HTTP cache on the control plane), and the
+# event logs the spark stage's verification run leaves in the History Server's claim (its history).
 VOLATILE = re.compile(
     r"^(var/log/|var/lib/sudo/|home/datacloud/\.cache/|root/\.cache/|var/cache/debconf/.*-old$|run/|var/lib/cni/"
-    r"|var/lib/containerd/|var/lib/kubelet/pods/|root/\.kube/cache/)"
+    r"|var/lib/containerd/|var/lib/kubelet/pods/|root/\.kube/cache/"
+    r"|var/lib/datacloud/local-path/pvc-[0-9a-f-]+_spark-jobs_spark-events/apps/)"
 )
 
 
@@ -252,7 +254,7 @@ def test_first_run_makes_a_real_cluster(lab: Lab, env: dict[str, str]) -> None:
     assert set(tis(result, "node_prep.prepare")) == {"n1", "n2", "n3"}  # one grid entry per node
     assert set(tis(result, "kubernetes.join")) == {"n2", "n3"}
     skipped = {t["task_id"].split(".")[0] for t in result["tis"] if t["state"] == "skipped"}
-    assert skipped == {"mongo", "spark", "jupyter", "monitoring"}  # not selected
+    assert skipped == {"mongo", "jupyter", "monitoring"}  # not selected
 
     for node in lab.nodes:
         fstab = node.path("/etc/fstab").read_text()
@@ -530,83 +532,83 @@ def test_spark_on_kubernetes_runs_its_driver_and_executors_as_pods_on_the_lab_no
         lab.kubectl("delete", "namespace", ns, "--timeout=120s", check=False, timeout=150)
 
 
-def test_the_operator_chart_with_its_double_runs_a_sparkapplication_and_the_history_server_lists_it(
+def test_the_spark_stage_runs_on_the_lab_with_the_operators_double(
     lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The spark stage's operator release (the real chart, from the lab's chart repository) with the
-    operator's image stood in by tests/lab/spark_operator_double.py; the stage's namespaces, RBAC and
-    History Server (the lab's real Spark image). A SparkApplication of the platform's spec runs as real
-    driver and executor pods; the double writes its status; the History Server lists the run."""
+    """What the first run's spark stage made, read from the API: the operator's chart (real, from the lab's
+    chart repository) with its image stood in by tests/lab/spark_operator_double.py; the History Server
+    (the lab's real Spark image); the SparkConnect server Ready with an executor admitted by the real
+    ValidatingAdmissionPolicy. Then a SparkApplication of the platform's spec runs as real driver and
+    executor pods, the double writes its status, the History Server lists the run, and deleting the
+    application deletes its pods."""
     from datacloud.inventory import load_inventory
     from datacloud.kube import Kube
     from datacloud.stages import spark
-    from datacloud.stages.apps_common import SPARK_JOBS_NS, SPARK_OPERATOR_NS
+    from datacloud.stages.apps_common import SPARK_CONNECT_NS, SPARK_JOBS_NS, SPARK_OPERATOR_NS
 
     _remote_env(lab, env, monkeypatch)
     inv = load_inventory(lab.inventory_path)
-    rendered = spark.render(inv)
+    for deploy in ("spark-operator-controller", "spark-operator-webhook"):
+        d = api(lab, "-n", SPARK_OPERATOR_NS, "get", "deployment", deploy)
+        assert d["status"].get("readyReplicas") == 1, (deploy, d["status"])
+    assert api(lab, "-n", SPARK_JOBS_NS, "get", "deployment", "spark-history-server")["status"].get("readyReplicas") == 1
+    hook = api(lab, "get", "mutatingwebhookconfiguration", "spark-operator-webhook")
+    assert all(w["clientConfig"].get("caBundle") for w in hook["webhooks"])  # the webhook double's CA
+    connect = api(lab, "-n", SPARK_CONNECT_NS, "get", "sparkconnect", spark.CONNECT_NAME)
+    assert connect["status"]["state"] == "Ready", connect["status"]
+    server = api(lab, "-n", SPARK_CONNECT_NS, "get", "pod", spark.CONNECT_SERVICE)
+    assert server["spec"]["serviceAccountName"] == spark.CONNECT_SA and server["status"]["phase"] == "Running"
+    executors = wait_for(
+        "a Connect executor running",
+        lambda: [p for p in api(lab, "-n", SPARK_CONNECT_NS, "get", "pods", "-l", "spark-role=executor")["items"]
+                 if p["status"].get("phase") == "Running"],
+        timeout=120,
+    )  # fmt: skip
+    assert all(c["image"] == spark.image(inv) for p in executors for c in p["spec"]["containers"])
+
     name = f"lab-pi-{os.getpid()}"
     app = {
         "apiVersion": "sparkoperator.k8s.io/v1beta2",
         "kind": "SparkApplication",
         "metadata": {"name": name, "namespace": SPARK_JOBS_NS},
-        "spec": spark.application_spec(inv, name=name, main_file="local:///opt/spark/examples/src/main/python/pi.py",
-                                       main_class=None, app_type="Python", args=["8"], ttl_s=600),
-    }  # fmt: skip
+        "spec": spark.application_spec(inv, name=name, args=["8"], ttl_s=600),
+    }
     t0 = time.monotonic()
-    try:
-        with Kube(inv) as kube:
-            for stem in ("namespaces", "rbac", "history-server"):
-                kube.apply(rendered.objects[stem])
-            (release,) = rendered.releases
-            assert kube.helm_upgrade(release, timeout_s=300) is True
-            for deploy in ("spark-operator-controller", "spark-operator-webhook"):
-                kube.rollout_status("deployment", deploy, namespace=SPARK_OPERATOR_NS, timeout_s=300)
-            kube.rollout_status("deployment", "spark-history-server", namespace=SPARK_JOBS_NS, timeout_s=300)
-            installed = time.monotonic() - t0
-            # the webhook double put its CA into the chart's webhook configurations
-            hook = api(lab, "get", "mutatingwebhookconfiguration", "spark-operator-webhook")
-            assert all(w["clientConfig"].get("caBundle") for w in hook["webhooks"])
-            kube.apply([app])  # admitted by the chart's validating webhook (failurePolicy Fail): the double answered
+    with Kube(inv) as kube:
+        kube.apply([app])  # admitted by the chart's validating webhook (failurePolicy Fail): the double answered
 
-            def state() -> dict | None:
-                st = (kube.get_json("sparkapplication", name, namespace=SPARK_JOBS_NS) or {}).get("status") or {}
-                return st if (st.get("applicationState") or {}).get("state") in spark.TERMINAL_STATES else None
+        def state() -> dict | None:
+            st = (kube.get_json("sparkapplication", name, namespace=SPARK_JOBS_NS) or {}).get("status") or {}
+            return st if (st.get("applicationState") or {}).get("state") in spark.TERMINAL_STATES else None
 
-            final = wait_for(f"SparkApplication {name} finished", state, timeout=420, interval=3)
-            ran = time.monotonic() - t0 - installed
-            driver = api(lab, "-n", SPARK_JOBS_NS, "get", "pod", f"{name}-driver")
-            log = lab.kubectl("-n", SPARK_JOBS_NS, "logs", f"{name}-driver", check=False).stdout
-            controller = lab.kubectl("-n", SPARK_OPERATOR_NS, "logs", "deployment/spark-operator-controller",
-                                     check=False).stdout  # fmt: skip
-            assert final["applicationState"]["state"] == "COMPLETED", (final, log[-2000:], controller[-3000:])
-            assert re.search(r"^Pi is roughly 3\.1\d*$", log, re.M), log[-2000:]
-            assert final["sparkApplicationId"] == driver["metadata"]["labels"]["spark-app-selector"]
-            assert final["executorState"], final  # the executors the double saw
-            assert driver["metadata"]["labels"]["sparkoperator.k8s.io/app-name"] == name
-            assert driver["metadata"]["ownerReferences"][0]["kind"] == "SparkApplication"
-            assert driver["spec"]["serviceAccountName"] == "spark"
-            # the event log went to the shared claim, and the History Server (the lab's Spark image) reads it
-            listed = wait_for(
-                "the History Server lists the run",
-                lambda: any(a.get("id") == final["sparkApplicationId"] for a in spark.history_applications(kube)),
-                timeout=120,
-                interval=3,
-            )
-            assert listed
-            print(f"\noperator chart + double and History Server up in {installed:.1f}s; SparkApplication {ran:.1f}s")
-            # deleting the application deletes its pods (the owner reference the operator sets)
-            kube.kubectl("delete", "sparkapplication", name, "--namespace", SPARK_JOBS_NS, "--wait=true")
-            wait_for(
-                "the driver pod deleted with its application",
-                lambda: lab.kubectl("-n", SPARK_JOBS_NS, "get", "pod", f"{name}-driver", check=False).returncode != 0,
-                timeout=120,
-            )
-    finally:
-        with Kube(inv) as kube:
-            kube.helm("uninstall", "spark-operator", "--namespace", SPARK_OPERATOR_NS, "--wait", check=False)
-        for ns in (SPARK_JOBS_NS, "spark-connect", SPARK_OPERATOR_NS):
-            lab.kubectl("delete", "namespace", ns, "--timeout=120s", check=False, timeout=150)
+        final = wait_for(f"SparkApplication {name} finished", state, timeout=420, interval=3)
+        ran = time.monotonic() - t0
+        driver = api(lab, "-n", SPARK_JOBS_NS, "get", "pod", f"{name}-driver")
+        log = lab.kubectl("-n", SPARK_JOBS_NS, "logs", f"{name}-driver", check=False).stdout
+        controller = lab.kubectl("-n", SPARK_OPERATOR_NS, "logs", "deployment/spark-operator-controller",
+                                 check=False).stdout  # fmt: skip
+        assert final["applicationState"]["state"] == "COMPLETED", (final, log[-2000:], controller[-3000:])
+        assert re.search(r"^Pi is roughly 3\.1\d*$", log, re.M), log[-2000:]
+        assert final["sparkApplicationId"] == driver["metadata"]["labels"]["spark-app-selector"]
+        assert final["executorState"] and set(final["executorState"].values()) <= {"COMPLETED", "RUNNING"}, final
+        assert driver["metadata"]["labels"]["sparkoperator.k8s.io/app-name"] == name
+        assert driver["metadata"]["ownerReferences"][0]["kind"] == "SparkApplication"
+        assert driver["spec"]["serviceAccountName"] == "spark"
+        # the event log went to the shared claim, and the History Server (the lab's Spark image) reads it
+        assert wait_for(
+            "the History Server lists the run",
+            lambda: any(a.get("id") == final["sparkApplicationId"] for a in spark.history_applications(kube)),
+            timeout=120,
+            interval=3,
+        )
+        print(f"\nSparkApplication through the operator's double: {ran:.1f}s")
+        # deleting the application deletes its pods (the owner reference the operator sets)
+        kube.kubectl("delete", "sparkapplication", name, "--namespace", SPARK_JOBS_NS, "--wait=true")
+    wait_for(
+        "the driver pod deleted with its application",
+        lambda: lab.kubectl("-n", SPARK_JOBS_NS, "get", "pod", f"{name}-driver", check=False).returncode != 0,
+        timeout=120,
+    )
 
 
 # --- 3. second run, with n2's SSH session killed in the middle of its task --------------------
@@ -674,6 +676,9 @@ def test_second_run_unchanged_everywhere_even_after_a_lost_ssh_session(lab: Lab,
         "storage | apply",
         "storage | health",
         "storage | prove",
+        "spark | apply",
+        "spark | connections",
+        "spark | verify",
         "verify | summary",
     ):
         assert f"{stage_step} | unchanged" in out, stage_step
