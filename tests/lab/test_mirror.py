@@ -45,6 +45,7 @@ BUSYBOX = "docker.io/library/" + str(V["storage"]["local_path_helper_image"])
 SPARK = f"{mirror.PROBE_REGISTRY}/{V['spark']['image']}"
 SPARK_VERSION, SCALA = str(V["local"]["spark"]), str(V["local"]["scala_binary"])
 SITE = "usr/local/lib/python3.11/dist-packages"
+OPERATOR = f"ghcr.io/kubeflow/spark-operator/controller:{V['spark']['operator_chart']['version']}"  # a stand-in
 
 EXPECTED = {
     f"registry.k8s.io/kube-apiserver:{KUBE}": ["usr/local/bin/kube-apiserver"],
@@ -86,14 +87,16 @@ EXPECTED = {
         f"{SITE}/numpy/__init__.py",
         f"{SITE}/py4j/__init__.py",
     ],
+    OPERATOR: ["opt/spark-operator-double.py", "opt/spark/bin/spark-submit", "usr/bin/python3", "usr/bin/openssl"],
 }
 ENTRYPOINTS = {
     f"registry.k8s.io/coredns/coredns:{COREDNS}": ["/coredns"],
     f"registry.k8s.io/pause:{PAUSE}": ["/pause"],
     f"ghcr.io/flannel-io/flannel:{FLANNEL}": ["/opt/bin/flanneld"],
     SPARK: ["/opt/entrypoint.sh"],
+    OPERATOR: ["/usr/bin/python3", "/opt/spark-operator-double.py"],
 }
-WORKDIRS = {SPARK: "/opt/spark-work"}  # every other image works in /
+WORKDIRS = {SPARK: "/opt/spark-work", OPERATOR: "/opt/spark-work"}  # every other image works in /
 
 
 def _free_port() -> int:
@@ -346,7 +349,7 @@ def test_pull_through_the_mirror_with_containerd(
         for line in ctd.ctr("image", "ls").stdout.splitlines()[1:]:
             ref, _type, digest = line.split()[:3]
             listed[ref] = digest
-        pulled = [im for im in images.images if im.ref != SPARK]  # the Spark image: pulled by the lab cluster's nodes
+        pulled = [im for im in images.images if im.ref not in (SPARK, OPERATOR)]  # those: pulled by the lab's nodes
         for im in pulled:  # the digests we built, so nothing came from anywhere else
             assert listed.get(im.ref) == im.manifest.digest, im.ref
         assert "local-path-provisioner version " in ctd.run(LOCAL_PATH, "local-path-provisioner", "--version").stdout
