@@ -863,16 +863,17 @@ def build_images() -> ImageSet:
     work.mkdir()
     try:
         v = versions()["kubernetes"]
+        spark_os = Path(key["spark-os"])  # what _inputs found (and built when it was missing)
         trees = {
             "base": _base_tree(),
             "netfilter": _netfilter_tree(work),
             "busybox": _busybox_tree(),
             "busybox-all": _busybox_tree(_busybox_applets()),
             "busybox-bin": _busybox_tree(_busybox_applets(), where="bin"),
-            "spark-os": _rootfs_tree(spark_os_root()),
+            "spark-os": _rootfs_tree(spark_os),
             "spark-python": _spark_python_tree(),
             "operator-double": _bin_tree({"opt/spark-operator-double.py": files["operator-double"]}),
-            "spark-app": _spark_app_tree(spark_os_root(), [files[n] for n in sorted(files) if n.startswith("jar:")]),
+            "spark-app": _spark_app_tree(spark_os, [files[n] for n in sorted(files) if n.startswith("jar:")]),
             "local-path": _bin_tree({"usr/bin/local-path-provisioner": files["local-path-provisioner"]}),
             "etcd": _bin_tree({f"usr/local/bin/{n}": files[n] for n in ("etcd", "etcdctl", "etcdutl")}),
             "coredns": _bin_tree({"coredns": files["coredns"]}),

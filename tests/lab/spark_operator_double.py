@@ -147,6 +147,25 @@ def _role_template(app: dict, role: str) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": dict(r.get("labels") or {})}, "spec": pod}
 
 
+def master() -> str:
+    """spark-submit's master: the API server this pod reaches."""
+    return f"k8s://https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
+
+
+def common_conf(spec: dict) -> dict[str, str]:
+    """What a SparkApplication and a SparkConnect spec share: dynamic allocation, then sparkConf (which wins)."""
+    conf: dict[str, str] = {}
+    dyn = spec.get("dynamicAllocation") or {}
+    if dyn.get("enabled"):
+        conf["spark.dynamicAllocation.enabled"] = "true"
+        conf["spark.dynamicAllocation.shuffleTracking.enabled"] = str(dyn.get("shuffleTrackingEnabled", True)).lower()
+        for key in ("initialExecutors", "minExecutors", "maxExecutors"):
+            if dyn.get(key) is not None:
+                conf[f"spark.dynamicAllocation.{key}"] = str(dyn[key])
+    conf.update({k: str(v) for k, v in (spec.get("sparkConf") or {}).items()})
+    return conf
+
+
 def submit_argv(app: dict, submission_id: str, workdir: Path) -> list[str]:
     meta, spec = app["metadata"], app["spec"]
     name, ns = meta["name"], meta["namespace"]
@@ -189,17 +208,8 @@ def submit_argv(app: dict, submission_id: str, workdir: Path) -> list[str]:
     executor = spec.get("executor") or {}
     if executor.get("instances") is not None:
         conf["spark.executor.instances"] = str(executor["instances"])
-    dyn = spec.get("dynamicAllocation") or {}
-    if dyn.get("enabled"):
-        conf["spark.dynamicAllocation.enabled"] = "true"
-        conf["spark.dynamicAllocation.shuffleTracking.enabled"] = str(dyn.get("shuffleTrackingEnabled", True)).lower()
-        for key, c in (("initialExecutors", "initialExecutors"), ("minExecutors", "minExecutors"),
-                       ("maxExecutors", "maxExecutors")):  # fmt: skip
-            if dyn.get(key) is not None:
-                conf[f"spark.dynamicAllocation.{c}"] = str(dyn[key])
-    conf.update({k: str(v) for k, v in (spec.get("sparkConf") or {}).items()})
-    host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
-    argv = ["/opt/spark/bin/spark-submit", "--master", f"k8s://https://{host}:{port}", "--deploy-mode", "cluster"]
+    conf.update(common_conf(spec))
+    argv = ["/opt/spark/bin/spark-submit", "--master", master(), "--deploy-mode", "cluster"]
     if spec.get("mainClass") and spec.get("type", "Scala") != "Python":
         argv += ["--class", spec["mainClass"]]
     for k, v in conf.items():
@@ -249,16 +259,8 @@ def connect_server_pod(sc: dict, server: str, select: dict, owner: list) -> dict
         conf["spark.executor.memory"] = str(executor["memory"])
     if executor.get("instances") is not None:
         conf["spark.executor.instances"] = str(executor["instances"])
-    dyn = spec.get("dynamicAllocation") or {}
-    if dyn.get("enabled"):
-        conf["spark.dynamicAllocation.enabled"] = "true"
-        conf["spark.dynamicAllocation.shuffleTracking.enabled"] = str(dyn.get("shuffleTrackingEnabled", True)).lower()
-        for key in ("initialExecutors", "minExecutors", "maxExecutors"):
-            if dyn.get(key) is not None:
-                conf[f"spark.dynamicAllocation.{key}"] = str(dyn[key])
-    conf.update({k: str(v) for k, v in (spec.get("sparkConf") or {}).items()})
-    host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
-    args = ["/opt/spark/bin/spark-submit", "--master", f"k8s://https://{host}:{port}", "--deploy-mode", "client",
+    conf.update(common_conf(spec))
+    args = ["/opt/spark/bin/spark-submit", "--master", master(), "--deploy-mode", "client",
             "--class", "org.apache.spark.sql.connect.service.SparkConnectServer"]  # fmt: skip
     for k, v in conf.items():
         args += ["--conf", f"{k}={v}"]

@@ -43,18 +43,17 @@ def summary(ctx: StageContext) -> dict:
     rows.append(f"CoreDNS: {ready_dns}/{coredns.get('spec', {}).get('replicas', '?')} ready")
     if workloads:
         rows += ["", f"{'workload':<52} ready"]
+    short = []
     for obj in workloads:
         meta = obj["metadata"]
         ready, want = replicas_ready(obj)
         rows.append(f"{meta.get('namespace', '-') + '/' + obj['kind'].lower() + '/' + meta['name']:<52} {ready}/{want}")
+        if ready < want:
+            short.append(f"{obj['kind']} {meta.get('namespace')}/{meta['name']} has {ready} of {want} ready")
     log.info("verify | Summary |\n%s", "\n".join(rows))
     if ready_dns < 1:
         problems.append("CoreDNS has no ready replica")
-    for obj in workloads:
-        ready, want = replicas_ready(obj)
-        if ready < want:
-            meta = obj["metadata"]
-            problems.append(f"{obj['kind']} {meta.get('namespace')}/{meta['name']} has {ready} of {want} ready")
+    problems += short
     if len(nodes) != len(ctx.inv.nodes):
         problems.append(f"the cluster has {len(nodes)} nodes, the inventory {len(ctx.inv.nodes)}")
     if problems:
