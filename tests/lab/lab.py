@@ -719,7 +719,17 @@ class Lab:
             # the platform's own images (the Spark image) come from the lab registry, under its reserved host
             "images": {"registry": mirror.OWN_REGISTRY},
             "components": {
-                "mongo": {"replicas": min(3, n), "config_replicas": min(3, n)},
+                # the operator and mongod are stood in (tests/lab/psmdb_operator_double.py, mongo_double.py):
+                # a Python process per member and router, FerretDB in the first shard's first member
+                "mongo": {
+                    "replicas": min(3, n),
+                    "config_replicas": min(3, n),
+                    "operator": {"cpu_m": 25, "memory_mb": 48, "limit_memory_mb": 128},
+                    "shard": {"cpu_m": 50, "memory_mb": 96, "limit_memory_mb": 384},
+                    "config": {"cpu_m": 25, "memory_mb": 48, "limit_memory_mb": 128},
+                    "router": {"cpu_m": 25, "memory_mb": 48, "limit_memory_mb": 192},
+                    "volume_gb": 1,
+                },
                 # the operator's stand-in (tests/lab/spark_operator_double.py) submits with spark-submit, a JVM
                 "spark": {"operator": {"cpu_m": 100, "memory_mb": 256, "limit_memory_mb": 768}},
             },

@@ -93,7 +93,7 @@ sys.path.insert(0, str(ROOT / "include"))
 sys.path.insert(0, str(ROOT))  # tests.lab, when this file runs as a command
 
 from datacloud import config  # noqa: E402
-from datacloud.localstack import process_start_time, spark_jars  # noqa: E402
+from datacloud.localstack import ferretdb_binary, process_start_time, spark_jars  # noqa: E402
 from datacloud.render import versions  # noqa: E402  (manifests/versions.yaml, the one reader)
 
 KUBE_BUILD = ROOT / "include" / "scripts" / "setup.d" / "kube-build.sh"
@@ -124,6 +124,10 @@ SPARK_OS_STEP = ROOT / "include" / "scripts" / "setup.d" / "spark-os.sh"
 SPARK_ENTRYPOINT = Path(__file__).resolve().parent / "spark-entrypoint.sh"
 # The stand-in of the Kubeflow Spark operator's image (its Go module is not served): the Spark image + this double.
 OPERATOR_DOUBLE = Path(__file__).resolve().parent / "spark_operator_double.py"
+DOUBLE_API = Path(__file__).resolve().parent / "double_api.py"  # what the controller doubles share
+PSMDB_DOUBLE = Path(__file__).resolve().parent / "psmdb_operator_double.py"
+MONGO_DOUBLE = Path(__file__).resolve().parent / "mongo_double.py"
+MONGO_PYTHON_DISTS = ("pymongo",)  # the mongo double speaks BSON with pymongo's bson
 # The Spark image's Python side: these distributions and what they require, copied from this
 # interpreter's environment (requirements.txt / constraints.txt pin them), for Debian's python3.11.
 SPARK_PYTHON_DISTS = ("pyspark", "numpy", "pandas", "pyarrow")
@@ -159,6 +163,10 @@ def image_refs() -> dict[str, str]:
     refs["spark"] = f"{OWN_REGISTRY}/{v['spark']['image']}"  # images.own_image with the lab's images.registry
     # the chart's default image (ghcr.io/<repository>:<appVersion>; the chart's version is its appVersion)
     refs["spark-operator"] = f"ghcr.io/kubeflow/spark-operator/controller:{v['spark']['operator_chart']['version']}"
+    m = v["mongo"]
+    # the chart's default image (its appVersion is the chart's version) and the cluster object's spec.image
+    refs["psmdb-operator"] = docker_io(f"percona/percona-server-mongodb-operator:{m['psmdb_chart_version']}")
+    refs["mongod"] = docker_io(str(m["psmdb_image"]))
     return refs
 
 
@@ -563,9 +571,10 @@ def _dist_version(name: str) -> str:
     return md.version(name)
 
 
-def _spark_python_tree() -> _Tree:
+def _site_tree(dists: tuple[str, ...]) -> _Tree:
+    """The installed distributions DISTS (and what they require) in Debian python3.11's site."""
     t = _Tree()
-    for rel, src in _dist_files(SPARK_PYTHON_DISTS).items():
+    for rel, src in _dist_files(dists).items():
         if src.is_file():
             t.file(f"{SPARK_SITE}/{rel}", src)
     return t
@@ -695,6 +704,20 @@ def _specs() -> list[_Spec]:
             source="STAND-IN (a double): the lab's Spark image + tests/lab/spark_operator_double.py, which submits "
             "SparkApplications with the real spark-submit and writes their status; the operator's Go module is not served",
         ),
+        *(
+            _Spec(
+                c,
+                refs[c],
+                ("spark-os", "mongo-python", "mongo-double"),
+                entrypoint=("/usr/bin/python3", "/opt/mongo-double.py"),
+                user="1001",
+                source="STAND-IN (a double): Debian python3 + FerretDB "
+                f"{versions()['local']['ferretdb']} (Go, built here) + tests/lab/psmdb_operator_double.py "
+                "(the operator's controller) + tests/lab/mongo_double.py (mongod/mongos in front of FerretDB); "
+                "neither the operator nor mongod can be built here",
+            )
+            for c in ("psmdb-operator", "mongod")
+        ),
         _Spec(
             "probe",
             refs["probe"],
@@ -729,6 +752,10 @@ def _inputs() -> tuple[dict, dict[str, Path]]:
         "busybox": busybox_binary(),
         "spark-entrypoint": SPARK_ENTRYPOINT,
         "operator-double": OPERATOR_DOUBLE,
+        "double-api": DOUBLE_API,
+        "psmdb-double": PSMDB_DOUBLE,
+        "mongo-double": MONGO_DOUBLE,
+        "ferretdb": ferretdb_binary(),
         **{f"jar:{j.name}": j for j in spark_jars()},
     }
     for name, p in files.items():
@@ -746,6 +773,7 @@ def _inputs() -> tuple[dict, dict[str, Path]]:
         "rootfs": str(lab),
         "spark-os": str(spark_os),
         "spark-python": sorted(f"{d}=={_dist_version(d)}" for d in SPARK_PYTHON_DISTS),
+        "mongo-python": sorted(f"{d}=={_dist_version(d)}" for d in MONGO_PYTHON_DISTS),
         "code": _self_hash(),
     }
     return key, files
@@ -871,8 +899,20 @@ def build_images() -> ImageSet:
             "busybox-all": _busybox_tree(_busybox_applets()),
             "busybox-bin": _busybox_tree(_busybox_applets(), where="bin"),
             "spark-os": _rootfs_tree(spark_os),
-            "spark-python": _spark_python_tree(),
-            "operator-double": _bin_tree({"opt/spark-operator-double.py": files["operator-double"]}),
+            "spark-python": _site_tree(SPARK_PYTHON_DISTS),
+            "operator-double": _bin_tree(
+                {"opt/spark-operator-double.py": files["operator-double"], "opt/double_api.py": files["double-api"]}
+            ),
+            "mongo-python": _site_tree(MONGO_PYTHON_DISTS),
+            "mongo-double": _bin_tree(
+                {
+                    "usr/local/bin/ferretdb": files["ferretdb"],
+                    # the chart's Deployment runs the operator by this name
+                    "usr/local/bin/percona-server-mongodb-operator": files["psmdb-double"],
+                    "opt/double_api.py": files["double-api"],
+                    "opt/mongo-double.py": files["mongo-double"],
+                }
+            ),
             "spark-app": _spark_app_tree(spark_os, [files[n] for n in sorted(files) if n.startswith("jar:")]),
             "local-path": _bin_tree({"usr/bin/local-path-provisioner": files["local-path-provisioner"]}),
             "etcd": _bin_tree({f"usr/local/bin/{n}": files[n] for n in ("etcd", "etcdctl", "etcdutl")}),

@@ -46,6 +46,20 @@ SPARK = f"{mirror.PROBE_REGISTRY}/{V['spark']['image']}"
 SPARK_VERSION, SCALA = str(V["local"]["spark"]), str(V["local"]["scala_binary"])
 SITE = "usr/local/lib/python3.11/dist-packages"
 OPERATOR = f"ghcr.io/kubeflow/spark-operator/controller:{V['spark']['operator_chart']['version']}"  # a stand-in
+# stand-ins: one image under the Percona operator's name and the cluster object's mongod image
+PSMDB = f"docker.io/percona/percona-server-mongodb-operator:{V['mongo']['psmdb_chart_version']}"
+MONGOD = f"docker.io/{V['mongo']['psmdb_image']}"
+MONGO_DOUBLE_FILES = [
+    "usr/local/bin/percona-server-mongodb-operator",
+    "usr/local/bin/ferretdb",
+    "opt/mongo-double.py",
+    "opt/double_api.py",
+    "usr/bin/python3",
+    "bin/sh",
+    f"{SITE}/bson/__init__.py",
+    f"{SITE}/pymongo/__init__.py",
+    f"{SITE}/dns/__init__.py",
+]
 
 EXPECTED = {
     f"registry.k8s.io/kube-apiserver:{KUBE}": ["usr/local/bin/kube-apiserver"],
@@ -87,7 +101,15 @@ EXPECTED = {
         f"{SITE}/numpy/__init__.py",
         f"{SITE}/py4j/__init__.py",
     ],
-    OPERATOR: ["opt/spark-operator-double.py", "opt/spark/bin/spark-submit", "usr/bin/python3", "usr/bin/openssl"],
+    OPERATOR: [
+        "opt/spark-operator-double.py",
+        "opt/double_api.py",
+        "opt/spark/bin/spark-submit",
+        "usr/bin/python3",
+        "usr/bin/openssl",
+    ],
+    PSMDB: MONGO_DOUBLE_FILES,
+    MONGOD: MONGO_DOUBLE_FILES,
 }
 ENTRYPOINTS = {
     f"registry.k8s.io/coredns/coredns:{COREDNS}": ["/coredns"],
@@ -95,6 +117,8 @@ ENTRYPOINTS = {
     f"ghcr.io/flannel-io/flannel:{FLANNEL}": ["/opt/bin/flanneld"],
     SPARK: ["/opt/entrypoint.sh"],
     OPERATOR: ["/usr/bin/python3", "/opt/spark-operator-double.py"],
+    PSMDB: ["/usr/bin/python3", "/opt/mongo-double.py"],
+    MONGOD: ["/usr/bin/python3", "/opt/mongo-double.py"],
 }
 WORKDIRS = {SPARK: "/opt/spark-work", OPERATOR: "/opt/spark-work"}  # every other image works in /
 

@@ -37,7 +37,7 @@ ROOT = HERE.parents[1]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the SSH lab needs root (network namespaces, mounts)")
 
-STAGES = ["preflight", "gateway", "node_prep", "kubernetes", "network", "storage", "spark", "verify"]
+STAGES = ["preflight", "gateway", "node_prep", "kubernetes", "network", "storage", "mongo", "spark", "verify"]
 
 # What this lab still stands in for, and why (tests/lab/conftest.py prints it).
 STAND_INS = {
@@ -49,6 +49,11 @@ STAND_INS = {
     "the Kubeflow Spark operator": "its image (ghcr.io/kubeflow/spark-operator/controller) is the lab's Spark image + "
     "tests/lab/spark_operator_double.py: the chart is real; the controller double submits SparkApplications with the "
     "real spark-submit and writes their status, the webhook double admits everything (its Go module is not served)",
+    "the Percona operator and mongod/mongos": "one image under both names (percona/percona-server-mongodb-operator, "
+    "the cluster object's spec.image): tests/lab/psmdb_operator_double.py makes the operator's StatefulSets, "
+    "Services, claims, users and status through the real API; tests/lab/mongo_double.py answers as members and "
+    "routers (SCRAM, roles, listShards, sharding metadata, replica-set status) in front of one real FerretDB in the "
+    "first shard's first member, which holds all data (neither image can be built here)",
     "NetworkPolicy enforcement": "not run: this VM's kernel has no nft queue support (CONFIG_NFT_QUEUE), which "
     "kube-network-policies needs; the lab runs flannel without the policy agent",
 }
@@ -56,12 +61,14 @@ STAND_INS = {
 # Files an SSH login itself writes (sshd's login records, sudo's timestamps), and what the
 # node's services write as they run (logs, /run, the CNI plugins' per-pod state, and the
 # runtime state of the pods a run starts and deletes: the storage stage's probe and the
-# local-path helper pods it makes; kubectl's discovery and HTTP cache on the control plane), and the
-# event logs the spark stage's verification run leaves in the History Server's claim (its history).
+# local-path helper pods it makes; kubectl's discovery and HTTP cache on the control plane), the
+# event logs the spark stage's verification run leaves in the History Server's claim (its history),
+# and the database files on the mongo members' claims (FerretDB writes them as it runs).
 VOLATILE = re.compile(
     r"^(var/log/|var/lib/sudo/|home/datacloud/\.cache/|root/\.cache/|var/cache/debconf/.*-old$|run/|var/lib/cni/"
     r"|var/lib/containerd/|var/lib/kubelet/pods/|root/\.kube/cache/"
-    r"|var/lib/datacloud/local-path/pvc-[0-9a-f-]+_spark-jobs_spark-events/apps/)"
+    r"|var/lib/datacloud/local-path/pvc-[0-9a-f-]+_spark-jobs_spark-events/apps/"
+    r"|var/lib/datacloud/local-path/pvc-[0-9a-f-]+_mongo_mongod-data-)"
 )
 
 
@@ -254,7 +261,7 @@ def test_first_run_makes_a_real_cluster(lab: Lab, env: dict[str, str]) -> None:
     assert set(tis(result, "node_prep.prepare")) == {"n1", "n2", "n3"}  # one grid entry per node
     assert set(tis(result, "kubernetes.join")) == {"n2", "n3"}
     skipped = {t["task_id"].split(".")[0] for t in result["tis"] if t["state"] == "skipped"}
-    assert skipped == {"mongo", "jupyter", "monitoring"}  # not selected
+    assert skipped == {"jupyter", "monitoring"}  # not selected
 
     for node in lab.nodes:
         fstab = node.path("/etc/fstab").read_text()
@@ -609,6 +616,84 @@ def test_the_spark_stage_runs_on_the_lab_with_the_operators_double(
         lambda: lab.kubectl("-n", SPARK_JOBS_NS, "get", "pod", f"{name}-driver", check=False).returncode != 0,
         timeout=120,
     )
+
+
+def test_the_mongo_stage_runs_a_sharded_cluster_of_stand_ins_with_real_claims_and_users(
+    lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the first run's mongo stage made, read from the API: the operator's charts (real) with the
+    operator stood in by tests/lab/psmdb_operator_double.py, one replica set per shard plus the config
+    servers, members spread over the three nodes with their claims bound on the nodes they run on, the
+    routers behind the Service the connection names, the cluster object ready. Then through mongos (an SSH
+    forward from the control plane, as the stage's sharding step goes): the application user writes and
+    reads the platform's database, may not touch another or run cluster commands, and a wrong password fails."""
+    from pymongo import MongoClient
+    from pymongo.errors import OperationFailure
+
+    from datacloud.forward import ssh_forward
+    from datacloud.inventory import load_inventory
+    from datacloud.kube import Kube
+    from datacloud.stages import mongo
+
+    _remote_env(lab, env, monkeypatch)
+    inv = load_inventory(lab.inventory_path)
+    m = inv.components.mongo
+    assert api(lab, "-n", mongo.NAMESPACE, "get", "deployment", "psmdb-operator")["status"].get("readyReplicas") == 1
+    cr = api(lab, "-n", mongo.NAMESPACE, "get", "perconaservermongodb", mongo.CLUSTER)
+    assert cr["status"]["state"] == "ready", cr["status"]
+    assert sorted(cr["status"]["replsets"]) == sorted([*mongo.shard_names(m), "cfg"])
+    pods = api(lab, "-n", mongo.NAMESPACE, "get", "pods", "-l", f"app.kubernetes.io/instance={mongo.CLUSTER}")["items"]
+    claims = {c["metadata"]["name"]: c for c in api(lab, "-n", mongo.NAMESPACE, "get", "pvc")["items"]}
+    pvs = {v["metadata"]["name"]: v for v in api(lab, "get", "pv")["items"]}
+    for rs in [*mongo.shard_names(m), "cfg"]:
+        members = [p for p in pods if p["metadata"]["labels"].get("app.kubernetes.io/replset") == rs]
+        size = m.replicas if rs != "cfg" else m.config_replicas
+        assert len(members) == size and all(p["status"]["phase"] == "Running" for p in members), rs
+        assert len({p["spec"]["nodeName"] for p in members}) == size  # the anti-affinity of the cluster object
+        for p in members:
+            claim = claims[f"mongod-data-{p['metadata']['name']}"]
+            assert claim["status"]["phase"] == "Bound" and claim["spec"]["storageClassName"] == mongo.storage_classes(inv)["rwo"]
+            pinned = pvs[claim["spec"]["volumeName"]]["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
+            assert pinned[0]["matchExpressions"][0]["values"] == [p["spec"]["nodeName"]]  # local-path: on its node
+    routers = [p for p in pods if p["metadata"]["labels"].get("app.kubernetes.io/component") == "mongos"]
+    assert len(routers) == m.mongos
+    svc = api(lab, "-n", mongo.NAMESPACE, "get", "service", f"{mongo.CLUSTER}-mongos")
+    assert svc["spec"]["selector"] == {**svc["spec"]["selector"], **mongo.MONGOS_LABELS}
+
+    with Kube(inv) as kube:
+        app = mongo.secret_values(kube, f"{mongo.CLUSTER}-app")
+        transport = kube.remote.connect().get_transport()
+        with ssh_forward(transport, svc["spec"]["clusterIP"], mongo.MONGO_PORT) as (host, port):
+
+            def client(password: str) -> MongoClient:
+                return MongoClient(host=host, port=port, username=mongo.APP_USER, password=password, authSource="admin",
+                                   directConnection=True, serverSelectionTimeoutMS=20_000)  # fmt: skip
+
+            with client(app["password"]) as c:
+                db = c[mongo.MONGO_DATABASE]
+                db.lab_probe.delete_many({})
+                db.lab_probe.insert_many([{"_id": i, "day": f"2024-01-0{i % 3 + 1}"} for i in range(20)])
+                assert db.lab_probe.count_documents({"day": "2024-01-01"}) == 7
+                for denied in (lambda: c.other.x.insert_one({}), lambda: c.admin.command("enableSharding", "other")):
+                    with pytest.raises(OperationFailure) as exc:
+                        denied()
+                    assert exc.value.code == 13  # Unauthorized: the application user's roles
+                db.lab_probe.drop()
+            with pytest.raises(OperationFailure), client(app["password"] + "x") as c:
+                c[mongo.MONGO_DATABASE].command("ping")
+    # the store is FerretDB on the first shard's first member, on its claim on that member's node
+    store = next(p for p in pods if p["metadata"]["name"] == f"{mongo.CLUSTER}-{mongo.shard_names(m)[0]}-0")
+    node = next(x for x in lab.nodes if x.name == store["spec"]["nodeName"])
+    folder = node.path("/var/lib/datacloud/local-path")
+    assert any(folder.glob(f"pvc-*_mongo_mongod-data-{store['metadata']['name']}/{mongo.MONGO_DATABASE}*")), list(
+        folder.iterdir()
+    )
+    # the stage stored the application user's URI as the Airflow connection, and never printed a password
+    got = subprocess.run([str(Path(sys.executable).parent / "airflow"), "connections", "get", mongo.MONGO_CONN_ID, "-o", "json"],
+                         env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    stored = json.loads(got.stdout)[0]
+    assert (stored["host"], int(stored["port"]), stored["login"]) == (mongo.mongos_host(), mongo.MONGO_PORT, mongo.APP_USER)
+    assert stored["password"] == app["password"]
 
 
 # --- 3. second run, with n2's SSH session killed in the middle of its task --------------------
