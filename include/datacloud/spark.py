@@ -63,7 +63,11 @@ TEMPLATE = "spark/sparkapplication-flights.yaml.j2"
 K8S_NAMESPACE = "spark-jobs"  # where the spark stage lets drivers run (ServiceAccount spark)
 K8S_JOB_MOUNT = "/opt/datacloud/jobs"
 K8S_LANDING_MOUNT = "/data/landing"
-K8S_LANDING_CLAIM = "datacloud-landing"  # CephFS (RWX) claim shared with the Airflow workers
+# The day's reference files the job reads from the landing zone (its flights come from MongoDB) reach
+# the driver and executors as a ConfigMap per application: Airflow runs outside the cluster, so no claim
+# is shared with it. A ConfigMap holds at most 1 MiB; the files must fit in this with room for its metadata.
+K8S_LANDING_FILES = ("weather.jsonl", "airlines.jsonl")
+K8S_LANDING_MAX_BYTES = 900 * 1024
 K8S_MONGO_SECRET = "datacloud-mongo-spark"  # noqa: S105 - a Secret name, not a value; key "uri": the connection string for Spark jobs
 # Short jobs on a cold JVM: C1-only JIT and the serial GC start faster and use less CPU
 # (one day locally: JVM start 19 -> 10 s and first run 35 -> 16 s on a busy 2-core machine).
@@ -166,6 +170,30 @@ def recorded_spark_image() -> str:
     return recorded
 
 
+def landing_configmap_name(application: str) -> str:
+    """The ConfigMap with the day's landing files of one application (one per run and try, like its name)."""
+    return f"{application}-landing"
+
+
+def landing_configmap_data(landing_root: Path, day: str) -> dict[str, str]:
+    """The job's landing files of DAY ({file name: text}), or one sentence when one is missing or they are too big."""
+    folder = Path(landing_root) / "flights" / f"date={day}"
+    data: dict[str, str] = {}
+    size = 0
+    for name in K8S_LANDING_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise UserError(f"{path} is missing; run the land task for {day} first (it writes the day's drop).")
+        size += path.stat().st_size
+        if size > K8S_LANDING_MAX_BYTES:
+            raise UserError(
+                f"the landing files of {day} ({', '.join(K8S_LANDING_FILES)}) are more than {K8S_LANDING_MAX_BYTES // 1024} KiB, "
+                "more than a ConfigMap can carry to the SparkApplication; use the connect or standalone Spark target for this day."
+            )
+        data[name] = path.read_text(encoding="utf-8")
+    return data
+
+
 def render_application(
     *, name: str, day: str, database: str, namespace: str = K8S_NAMESPACE, image: str | None = None
 ) -> dict[str, Any]:
@@ -190,7 +218,8 @@ def render_application(
         job_mount=K8S_JOB_MOUNT,
         job_configmap=job_configmap_name(),
         landing_mount=K8S_LANDING_MOUNT,
-        landing_claim=K8S_LANDING_CLAIM,
+        landing_configmap=landing_configmap_name(name),
+        landing_files=[{"key": f, "path": f"flights/date={day}/{f}"} for f in K8S_LANDING_FILES],
         mongo_secret=K8S_MONGO_SECRET,
     )
     return app
@@ -595,9 +624,12 @@ def _kubernetes_operator_class():
                 ti = context["ti"]
                 name = application_name(ti.dag_id, context["run_id"], ti.try_number, day)
                 mongo = _mongo_for_job()
+                landing = None
                 try:
                     image = recorded_spark_image()
+                    data = landing_configmap_data(config.data_dir() / "landing", day)
                     self._ensure_job_configmap()
+                    landing = self._create_landing_configmap(name, day, data)
                     app = render_application(name=name, day=day, database=mongo.database, namespace=self.namespace, image=image)
                     self.template_spec = {"spark": app}
                     self.name = name
@@ -605,7 +637,35 @@ def _kubernetes_operator_class():
                     super().execute(context)
                     return _finish(day, mongo)
                 finally:
+                    if landing:
+                        self._delete_landing_configmap(landing)
                     mongo.close()
+
+        def _create_landing_configmap(self, name: str, day: str, data: dict[str, str]) -> str:
+            """The day's landing files for this application (replaced if a killed try of the same name left one)."""
+            from kubernetes.client import V1ConfigMap, V1ObjectMeta
+            from kubernetes.client.exceptions import ApiException
+
+            cm = landing_configmap_name(name)
+            labels = {"app.kubernetes.io/part-of": "datacloud", "datacloud/job": "flights-landing", "datacloud/date": day}
+            body = V1ConfigMap(metadata=V1ObjectMeta(name=cm, namespace=self.namespace, labels=labels), data=data)
+            try:
+                self.client.create_namespaced_config_map(self.namespace, body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                self.client.replace_namespaced_config_map(cm, self.namespace, body)
+            log.info("Spark | ConfigMap %s/%s holds the landing files of %s (%s)", self.namespace, cm, day, ", ".join(data))
+            return cm
+
+        def _delete_landing_configmap(self, cm: str) -> None:
+            from kubernetes.client.exceptions import ApiException
+
+            try:
+                self.client.delete_namespaced_config_map(cm, self.namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    log.warning("Spark | ConfigMap %s/%s not deleted (%s); delete it by hand", self.namespace, cm, exc.reason)
 
         def _ensure_job_configmap(self) -> None:
             """Create the ConfigMap with the job file unless this version of it exists."""

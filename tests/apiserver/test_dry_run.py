@@ -62,7 +62,8 @@ def test_the_run_sends_what_only_exists_at_run_time():
         "network": [],
         "storage": ["PersistentVolumeClaim", "PersistentVolumeClaim", "Pod", "Pod"],  # RWO and RWX probes
         "mongo": ["Secret"] * 5,  # keyFile, system users, admin, app, monitor
-        "spark": ["Secret", "Secret", "SparkApplication"],  # Connect token, submitter token, the verification run
+        # Connect token, submitter token, the pipelines' MongoDB URI, the verification run
+        "spark": ["Secret", "Secret", "Secret", "SparkApplication"],
         "jupyter": ["Secret", "Secret", "Secret"],  # the notebooks' Connect token and MongoDB URI, the hub admin
         "monitoring": ["Secret", "Secret"],  # Grafana's admin, the exporters' URIs
     }

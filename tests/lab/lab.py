@@ -588,7 +588,71 @@ class Lab:
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.name, "-f", str(key))
         self.restart_node(node)
 
+    # -- reaching in-cluster Services from this host, as an administrator does: SSH to the control plane --
+
+    def _forwards_file(self) -> Path:
+        return self.state / "forwards.json"
+
+    def forwards(self) -> dict[str, dict]:
+        """The SSH forwards that run: {"host:port": {"pid", "start", "port"}}."""
+        path = self._forwards_file()
+        data = json.loads(path.read_text()) if path.exists() else {}
+        return {k: v for k, v in data.items() if process_start_time(v["pid"]) == v["start"]}
+
+    def forward(self, host: str, port: int) -> int:
+        """A local port on 127.0.0.1 forwarded by ``ssh -N -L`` through the control plane to HOST:PORT
+        (a ClusterIP: kube-proxy's rules answer it there). Started once per target, kept until
+        :meth:`stop_forwards` or :meth:`down`; the node's host key is pinned from its root filesystem."""
+        key = f"{host}:{port}"
+        running = self.forwards()
+        if key in running:
+            return int(running[key]["port"])
+        cp = self.nodes[0]
+        known = self.state / "known_hosts"
+        pub = cp.path("/etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+        line = f"{cp.address} {pub[0]} {pub[1]}\n"
+        if line not in (known.read_text() if known.exists() else ""):
+            with known.open("a") as f:
+                f.write(line)
+        local = free_port_on("127.0.0.1")
+        argv = ["ssh", "-N", "-i", str(self.key_file), "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15", "-o", "BatchMode=yes",
+                "-L", f"127.0.0.1:{local}:{host}:{port}", f"{USER}@{cp.address}"]  # fmt: skip
+        log = open(self.state / "forwards.log", "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        try:
+            wait_port("127.0.0.1", local)
+        except RuntimeError:
+            _kill_group(proc.pid, process_start_time(proc.pid))
+            raise RuntimeError(
+                f"the SSH forward to {key} through {cp.name} did not open; see {self.state / 'forwards.log'}"
+            ) from None
+        running[key] = {"pid": proc.pid, "start": process_start_time(proc.pid), "port": local}
+        self._forwards_file().write_text(json.dumps(running, indent=1))
+        return local
+
+    def stop_forwards(self) -> None:
+        for v in self.forwards().values():
+            _kill_group(v["pid"], v["start"])
+        self._forwards_file().unlink(missing_ok=True)
+
+    def mongo_uri(self) -> str:
+        """The application user's URI of the cluster's mongos, reachable from this host (an SSH forward)."""
+        import base64
+        import urllib.parse
+
+        from datacloud.stages import mongo
+
+        svc = json.loads(self.kubectl("-n", mongo.NAMESPACE, "get", "service", f"{mongo.CLUSTER}-mongos", "-o", "json").stdout)
+        secret = json.loads(self.kubectl("-n", mongo.NAMESPACE, "get", "secret", f"{mongo.CLUSTER}-app", "-o", "json").stdout)
+        password = base64.b64decode(secret["data"]["password"]).decode()
+        port = self.forward(svc["spec"]["clusterIP"], mongo.MONGO_PORT)
+        user, pw = urllib.parse.quote(mongo.APP_USER, safe=""), urllib.parse.quote(password, safe="")
+        return f"mongodb://{user}:{pw}@127.0.0.1:{port}/{mongo.MONGO_DATABASE}?authSource=admin"
+
     def down(self) -> None:
+        self.stop_forwards()
         for node in self.nodes:
             _kill_group(node.pid, node.start)
             proc = getattr(self, "_procs", {}).pop(node.name, None)
@@ -853,6 +917,28 @@ def provision(lab: Lab, stages: str | None, dry_run: bool, timeout: int) -> int:
     return 0 if final["state"] == "success" else 1
 
 
+def print_env(lab: Lab) -> int:
+    """./dev lab env: export lines for this host. The connection datacloud_mongo the mongo stage stored names
+    mongos by its in-cluster DNS name, which only the cluster resolves; here the same user goes through an SSH
+    forward from the control plane (AIRFLOW_CONN_* take precedence over the stored connection)."""
+    import shlex
+
+    if lab.nodes[0].root_pid() is None or not lab.nodes[0].path("/etc/kubernetes/admin.conf").exists():
+        print("error: the lab has no cluster yet; run ./dev lab provision first.", file=sys.stderr)
+        return 2
+    if lab.kubectl("get", "namespace", "mongo", check=False).returncode != 0:
+        print("error: the lab cluster has no MongoDB yet; run ./dev lab provision with the mongo stage first.", file=sys.stderr)
+        return 2
+    uri = lab.mongo_uri()
+    print(f"export KUBECONFIG={shlex.quote(str(lab.kubeconfig()))}")
+    print(f"export DATACLOUD_MONGO_URI={shlex.quote(uri)}")
+    print(f"export AIRFLOW_CONN_DATACLOUD_MONGO={shlex.quote(uri)}")
+    print(
+        f"# 127.0.0.1:{uri.rsplit(':', 1)[1].split('/')[0]} is an SSH forward through {lab.nodes[0].name}; it runs until ./dev lab down"
+    )
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="./dev lab", description="SSH lab nodes in network namespaces (root)")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -866,6 +952,7 @@ def main(argv: list[str]) -> int:
     prov.add_argument("--dry-run", action="store_true", help="log what would change, change nothing")
     prov.add_argument("--timeout", type=int, default=3600, help="seconds to wait for the run (default 3600)")
     sub.add_parser("kubeconfig", help="print the path of the lab cluster's admin kubeconfig")
+    sub.add_parser("env", help="print export lines for this host: the lab cluster's MongoDB (an SSH forward) and kubeconfig")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("error: the lab needs root (network namespaces, mounts); run it as root.", file=sys.stderr)
@@ -890,7 +977,7 @@ def main(argv: list[str]) -> int:
         print("next:        ./dev lab provision [--stages a,b,...]  (through the local stack; or trigger provision_platform")
         print("             in the UI with this inventory), then ./dev lab kubeconfig")
         return 0
-    if args.cmd in ("provision", "kubeconfig") and not (state / "lab.json").exists():
+    if args.cmd in ("provision", "kubeconfig", "env") and not (state / "lab.json").exists():
         print("error: no lab is up; run ./dev lab up N first.", file=sys.stderr)
         return 2
     if args.cmd == "provision":
@@ -902,6 +989,8 @@ def main(argv: list[str]) -> int:
             return 2
         print(lab.kubeconfig())
         return 0
+    if args.cmd == "env":
+        return print_env(Lab.load(state))
     if args.cmd == "status":
         if not (state / "lab.json").exists():
             print("no lab is up")

@@ -1,6 +1,8 @@
 """Run one DAG for real with ``dag.test()`` in this process, then print its outcome.
 
-    python tests/lab/run_dag.py DAG_ID '{"inventory": "...", ...}'
+    python tests/lab/run_dag.py DAG_ID '{"inventory": "...", ...}' [LOGICAL_DATE]
+
+LOGICAL_DATE (ISO 8601) names the run's data interval (a scheduled DAG's day).
 
 The tests start it as a child process with the environment of their lab and
 their own AIRFLOW_HOME (migrated metadata DB), so Airflow's configuration is
@@ -30,8 +32,13 @@ def load_dag(dag_id: str):
 def main() -> int:
     dag_id, conf = sys.argv[1], json.loads(sys.argv[2])
     dag = load_dag(dag_id)
+    kw = {}
+    if len(sys.argv) > 3:
+        from datetime import datetime
+
+        kw["logical_date"] = datetime.fromisoformat(sys.argv[3])
     try:
-        run = dag.test(run_conf=conf)
+        run = dag.test(run_conf=conf, **kw)
     except Exception as exc:
         print("RESULT " + json.dumps({"state": "error", "error": f"{type(exc).__name__}: {exc}", "tis": []}))
         return 0

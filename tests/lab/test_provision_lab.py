@@ -101,7 +101,7 @@ def airflow_env(lab: Lab, workdir: Path) -> dict[str, str]:
     home.mkdir()
     dags = home / "dags"  # only the DAGs under test: dag.test() parses the whole folder
     dags.mkdir()
-    for name in ("provision_platform.py", "platform_teardown.py"):
+    for name in ("provision_platform.py", "platform_teardown.py", "etl_flights_daily.py"):
         (dags / name).symlink_to(ROOT / "dags" / name)
     e = {
         **os.environ,
@@ -123,10 +123,12 @@ def airflow_env(lab: Lab, workdir: Path) -> dict[str, str]:
     return e
 
 
-def run_dag(env: dict[str, str], dag_id: str, conf: dict, timeout: float = 900) -> tuple[dict, str]:
+def run_dag(
+    env: dict[str, str], dag_id: str, conf: dict, timeout: float = 900, logical_date: str | None = None
+) -> tuple[dict, str]:
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, str(HERE / "run_dag.py"), dag_id, json.dumps(conf)],
+        [sys.executable, str(HERE / "run_dag.py"), dag_id, json.dumps(conf), *([logical_date] if logical_date else [])],
         env=env,
         capture_output=True,
         text=True,
@@ -694,6 +696,63 @@ def test_the_mongo_stage_runs_a_sharded_cluster_of_stand_ins_with_real_claims_an
     stored = json.loads(got.stdout)[0]
     assert (stored["host"], int(stored["port"]), stored["login"]) == (mongo.mongos_host(), mongo.MONGO_PORT, mongo.APP_USER)
     assert stored["password"] == app["password"]
+
+
+def _stats(uri: str, day: str) -> dict[str, list[dict]]:
+    from pymongo import MongoClient
+
+    from datacloud.pipelines import flights
+
+    with MongoClient(uri, serverSelectionTimeoutMS=20_000) as c:
+        db = c.get_default_database()
+        return {
+            coll: sorted(db[coll].find({"date": day}), key=lambda d: d["_id"])
+            for coll in (flights.DELAY_STATS, flights.ORIGIN_WEATHER)
+        }
+
+
+def test_a_flights_day_on_the_kubernetes_target_runs_as_a_sparkapplication_and_equals_the_local_target(
+    lab: Lab, env: dict[str, str]
+) -> None:
+    """etl_flights_daily for one day with DATACLOUD_SPARK_TARGET=kubernetes: the provider's SparkKubernetesOperator
+    submits with the spark stage's namespaced connection, the operator's double runs the real spark-submit, the
+    driver and executor (the lab's Spark image) read the day's flights from the cluster's mongos with the Secret the
+    spark stage wrote and its weather from the application's landing ConfigMap, and write the day's statistics.
+    Airflow on this host reaches mongos as an administrator does, through an SSH forward from the control plane
+    (Lab.mongo_uri, what ./dev lab env prints). The statistics equal those of the local target for the same day; the
+    driver's log is in the task log; the application and its landing ConfigMap are gone after the task."""
+    from pymongo import MongoClient
+
+    from datacloud.pipelines import flights
+    from datacloud.spark import K8S_NAMESPACE
+
+    day = "2013-01-02"
+    uri = lab.mongo_uri()
+    mongo_env = {**env, "AIRFLOW_CONN_DATACLOUD_MONGO": uri, "DATACLOUD_MONGO_URI": uri}
+    result, out = run_dag(
+        {**mongo_env, "DATACLOUD_SPARK_TARGET": "local"}, flights.DAG_ID, {}, logical_date=f"{day}T00:00:00+00:00"
+    )
+    assert result["state"] == "success", why(out)
+    local = _stats(uri, day)
+    assert local[flights.DELAY_STATS] and local[flights.ORIGIN_WEATHER]
+    with MongoClient(uri, serverSelectionTimeoutMS=20_000) as c:  # what the kubernetes target must write again
+        for coll in local:
+            c.get_default_database()[coll].delete_many({"date": day})
+    t0 = time.monotonic()
+    result, out = run_dag(
+        {**mongo_env, "DATACLOUD_SPARK_TARGET": "kubernetes"}, flights.DAG_ID, {}, logical_date=f"{day}T00:00:00+00:00"
+    )
+    took = time.monotonic() - t0
+    controller = lab.kubectl(
+        "-n", "spark-operator", "logs", "deployment/spark-operator-controller", "--tail=60", check=False
+    ).stdout
+    assert result["state"] == "success", why(out) + "\n--- operator double ---\n" + controller
+    assert {t["task_id"]: t["state"] for t in result["tis"]}["transform"] == "success"
+    assert re.search(r"DATACLOUD_RESULT \{.*\"date\": \"2013-01-02\"", out), out[-3000:]  # the driver's log, in the task log
+    assert _stats(uri, day) == local
+    leftovers = api(lab, "-n", K8S_NAMESPACE, "get", "sparkapplications,configmaps", "-l", "datacloud/date=" + day)["items"]
+    assert leftovers == [], [o["metadata"]["name"] for o in leftovers]
+    print(f"\na day of etl_flights_daily on the kubernetes target: {took:.1f}s (local target in the same lab: see above)")
 
 
 # --- 3. second run, with n2's SSH session killed in the middle of its task --------------------

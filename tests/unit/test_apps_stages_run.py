@@ -48,6 +48,25 @@ def test_spark_apply_orders_chart_before_crd_objects_and_converges() -> None:
     assert second["changes"] == []
 
 
+def test_spark_apply_gives_the_pipelines_jobs_the_mongo_uri_and_follows_a_rotation() -> None:
+    from datacloud.spark import K8S_MONGO_SECRET
+
+    kube = RecordingKubeDouble()
+    spark.apply(_ctx(kube))
+    assert f"Secret/spark-jobs/{K8S_MONGO_SECRET}" not in kube.objects  # no mongo stage yet: a warning, not a failure
+    kube.put_secret(MONGO_NS, MONGO_APP_SECRET, password=PASSWORD)
+    out = spark.apply(_ctx(kube))
+    assert f"Secret spark-jobs/{K8S_MONGO_SECRET} written (MongoDB URI for Spark jobs)" in out["changes"]
+    host = "datacloud-mongo-mongos.mongo.svc.cluster.local:27017"
+    uri = kube.objects[f"Secret/spark-jobs/{K8S_MONGO_SECRET}"]["stringData"]["uri"]
+    assert uri == f"mongodb://datacloud:{quote(PASSWORD, safe='')}@{host}/datacloud?authSource=admin"
+    assert PASSWORD not in json.dumps(out)
+    assert spark.apply(_ctx(kube))["changes"] == []
+    kube.put_secret(MONGO_NS, MONGO_APP_SECRET, password="rotated-" + PASSWORD)  # the mongo stage rotated it
+    assert f"Secret spark-jobs/{K8S_MONGO_SECRET} written (MongoDB URI for Spark jobs)" in spark.apply(_ctx(kube))["changes"]
+    assert "rotated-" in kube.objects[f"Secret/spark-jobs/{K8S_MONGO_SECRET}"]["stringData"]["uri"]
+
+
 def test_spark_dry_run_changes_nothing() -> None:
     kube = RecordingKubeDouble(dry_run=True)
     out = spark.apply(_ctx(kube))

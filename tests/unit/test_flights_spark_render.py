@@ -79,7 +79,30 @@ def test_pinned_image_connector_and_job_inputs():
         assert env["DATACLOUD_MONGO_URI"]["valueFrom"]["secretKeyRef"] == {"name": spark.K8S_MONGO_SECRET, "key": "uri"}
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["job"]["configMap"]["name"] == spark.job_configmap_name()
-    assert volumes["landing"]["persistentVolumeClaim"] == {"claimName": spark.K8S_LANDING_CLAIM, "readOnly": True}
+    # the day's weather and airlines at the paths the job reads (--landing ROOT/flights/date=D/...)
+    assert volumes["landing"]["configMap"] == {
+        "name": f"{app['metadata']['name']}-landing",
+        "items": [{"key": f, "path": f"flights/date=2013-01-01/{f}"} for f in ("weather.jsonl", "airlines.jsonl")],
+    }
+
+
+def test_the_landing_configmap_carries_the_days_reference_files_and_refuses_what_cannot_fit(tmp_path):
+    from datacloud.errors import UserError
+
+    day = tmp_path / "flights" / "date=2013-01-01"
+    day.mkdir(parents=True)
+    with pytest.raises(UserError, match=r"weather\.jsonl is missing; run the land task for 2013-01-01 first"):
+        spark.landing_configmap_data(tmp_path, "2013-01-01")
+    (day / "weather.jsonl").write_text('{"origin": "EWR"}\n')
+    (day / "airlines.jsonl").write_text('{"carrier": "UA"}\n')
+    (day / "flights.jsonl").write_text("x" * (spark.K8S_LANDING_MAX_BYTES + 1))  # read from MongoDB, never carried
+    assert spark.landing_configmap_data(tmp_path, "2013-01-01") == {
+        "weather.jsonl": '{"origin": "EWR"}\n',
+        "airlines.jsonl": '{"carrier": "UA"}\n',
+    }
+    (day / "weather.jsonl").write_text("y" * spark.K8S_LANDING_MAX_BYTES)
+    with pytest.raises(UserError, match="more than 900 KiB, more than a ConfigMap can carry"):
+        spark.landing_configmap_data(tmp_path, "2013-01-01")
 
 
 def test_names_are_unique_per_run_and_try_and_fit_kubernetes():

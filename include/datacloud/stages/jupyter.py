@@ -174,29 +174,9 @@ def _outcome(step: str, changes: list[str], dry_run: bool, **facts: Any) -> dict
 
 def notebook_mongo_secret(kube: Any) -> tuple[dict[str, Any] | None, str]:
     """The Secret `notebook-mongo` (key `uri`) from the mongo stage's application user, or why not."""
-    from urllib.parse import quote
+    from datacloud.stages.apps_common import mongo_uri_secret
 
-    from datacloud.config import MONGO_DATABASE
-    from datacloud.stages.apps_common import (
-        MONGO_APP_SECRET,
-        MONGO_APP_USER,
-        MONGO_NS,
-        MONGO_PORT,
-        mongo_service_host,
-        secret_object,
-        secret_value,
-    )
-
-    password = secret_value(kube, MONGO_APP_SECRET, MONGO_NS, "password")
-    if password is None:
-        return None, f"Secret {MONGO_NS}/{MONGO_APP_SECRET} does not exist yet (run the mongo stage)"
-    uri = (
-        f"mongodb://{quote(MONGO_APP_USER, safe='')}:{quote(password, safe='')}@{mongo_service_host('mongos')}:{MONGO_PORT}/"
-        f"{MONGO_DATABASE}?authSource=admin"
-    )
-    if secret_value(kube, MONGO_SECRET, JUPYTER_NS, "uri") == uri:
-        return None, "unchanged"
-    return secret_object(MONGO_SECRET, JUPYTER_NS, {"uri": uri}, "notebook"), "changed"
+    return mongo_uri_secret(kube, MONGO_SECRET, JUPYTER_NS, "notebook")
 
 
 def notebook_connect_secret(kube: Any) -> tuple[dict[str, Any] | None, str]:

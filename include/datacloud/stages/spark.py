@@ -410,6 +410,7 @@ def apply(ctx: Any) -> dict[str, Any]:
     if change:
         changes.append(change)
     _applied(changes, kube.apply([submitter_token_secret()]))
+    _job_mongo_secret(kube, changes)
     for release in rendered.releases:
         if kube.helm_upgrade(release):
             changes.append(f"helm release {release.name} {release.chart} {release.version} installed or upgraded")
@@ -418,6 +419,20 @@ def apply(ctx: Any) -> dict[str, Any]:
     if not ctx.dry_run:
         kube.rollout_status("deployment", "spark-history-server", namespace=SPARK_JOBS_NS, timeout_s=600)
     return _outcome("apply", changes, ctx.dry_run, storage=storage_classes(inv)["shared"], image=spark_image)
+
+
+def _job_mongo_secret(kube: Any, changes: list[str]) -> None:
+    """The MongoDB URI the pipelines' SparkApplications read (Secret spark-jobs/datacloud-mongo-spark, key
+    ``uri``), from the mongo stage's application user; follows a rotated password on the next run."""
+    from datacloud.spark import K8S_MONGO_SECRET
+    from datacloud.stages.apps_common import mongo_uri_secret
+
+    secret, why = mongo_uri_secret(kube, K8S_MONGO_SECRET, SPARK_JOBS_NS, "spark-jobs")
+    if secret is not None:
+        kube.apply([secret])
+        changes.append(f"Secret {SPARK_JOBS_NS}/{K8S_MONGO_SECRET} written (MongoDB URI for Spark jobs)")
+    elif why != "unchanged":
+        log.warning("Spark | MongoDB | %s; SparkApplications of the pipelines fail until the stage runs again", why)
 
 
 # --- tokens and the Airflow connections --------------------------------------------
