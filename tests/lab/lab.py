@@ -795,7 +795,12 @@ class Lab:
                     "volume_gb": 1,
                 },
                 # the operator's stand-in (tests/lab/spark_operator_double.py) submits with spark-submit, a JVM
-                "spark": {"operator": {"cpu_m": 100, "memory_mb": 256, "limit_memory_mb": 768}},
+                # and 6 CPUs for everything: drivers and executors request less than a machine's core
+                "spark": {
+                    "operator": {"cpu_m": 100, "memory_mb": 256, "limit_memory_mb": 768},
+                    "driver": {"cpu_m": 300, "memory_mb": 1024, "limit_memory_mb": 1536},
+                    "executor": {"cpu_m": 300, "memory_mb": 1024, "limit_memory_mb": 1536},
+                },
             },
         }
         for key, value in overrides.items():

@@ -820,6 +820,10 @@ def test_second_run_unchanged_everywhere_even_after_a_lost_ssh_session(lab: Lab,
         "storage | apply",
         "storage | health",
         "storage | prove",
+        "mongo | apply",
+        "mongo | ready",
+        "mongo | sharding",
+        "mongo | connection",
         "spark | apply",
         "spark | connections",
         "spark | verify",
@@ -829,6 +833,39 @@ def test_second_run_unchanged_everywhere_even_after_a_lost_ssh_session(lab: Lab,
     assert_cluster(lab)
     assert sorted(versions_before) == ["n1", "n2", "n3"]
     print(f"second run of {len(STAGES)} stages on 3 nodes: {time.monotonic() - t0:.1f}s")
+
+
+PLATFORM_KINDS = (
+    "namespaces,serviceaccounts,secrets,configmaps,services,persistentvolumeclaims,deployments,statefulsets,daemonsets,"
+    "roles,rolebindings,clusterroles,clusterrolebindings,networkpolicies,poddisruptionbudgets,storageclasses,"
+    "validatingadmissionpolicies,validatingadmissionpolicybindings,perconaservermongodbs,sparkconnects,"
+    "scheduledsparkapplications"
+)
+
+
+def _object_versions(lab: Lab) -> dict[str, str]:
+    """Every object the stages applied (the platform's label) and every Helm release record: kind/namespace/name ->
+    its generation where the kind has one (a controller writing status does not move it), else its resourceVersion."""
+    out = {}
+    for selector in ("app.kubernetes.io/part-of=datacloud", "owner=helm"):
+        kinds = PLATFORM_KINDS if selector != "owner=helm" else "secrets"
+        for o in api(lab, "get", kinds, "--all-namespaces", "-l", selector)["items"]:
+            m = o["metadata"]
+            out[f"{o['kind']}/{m.get('namespace', '')}/{m['name']}"] = str(m.get("generation") or m["resourceVersion"])
+    return out
+
+
+def test_a_dry_run_on_the_running_platform_changes_no_object(lab: Lab, env: dict[str, str]) -> None:
+    """Every stage's dry run against the running cluster: the same objects afterwards, at the same versions (read
+    from the API), and nothing written inside any node."""
+    before, files = _object_versions(lab), snapshot(lab)
+    assert len(before) > 50 and any(k.startswith("PerconaServerMongoDB/") for k in before)
+    result, out = run_dag(env, "provision_platform", conf(lab, dry_run=True))
+    assert result["state"] == "success", why(out)
+    after = _object_versions(lab)
+    assert {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)} == {}
+    assert changed_files(files, snapshot(lab)) == {}
+    print(f"\ndry run on the running platform: {len(before)} objects at the same versions")
 
 
 # --- 4. what the administrator sees when a node fails -------------------------------------
