@@ -194,8 +194,24 @@ def landing_configmap_data(landing_root: Path, day: str) -> dict[str, str]:
     return data
 
 
+def recorded_job_cpu() -> dict[str, str]:
+    """The CPU the spark stage gives drivers and executors (platform state), else the pipeline's defaults."""
+    from datacloud.platform_state import load_state
+    from datacloud.render import versions
+
+    f = versions()["flights"]
+    recorded = load_state().facts("spark").get("job_cpu") or {}
+    return {role: str(recorded.get(role) or f[f"job_{role}_cpu"]) for role in ("driver", "executor")}
+
+
 def render_application(
-    *, name: str, day: str, database: str, namespace: str = K8S_NAMESPACE, image: str | None = None
+    *,
+    name: str,
+    day: str,
+    database: str,
+    namespace: str = K8S_NAMESPACE,
+    image: str | None = None,
+    cpu: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The SparkApplication for one run (pure: the render test checks it against our schema).
 
@@ -203,11 +219,14 @@ def render_application(
     default the repository-relative pin, for rendering only.
     """
     from datacloud.images import own_image, pull_policy
-    from datacloud.render import render_template
+    from datacloud.render import render_template, versions
 
     image = image or own_image(None, "spark")
+    f = versions()["flights"]
+    cpu = cpu or {role: str(f[f"job_{role}_cpu"]) for role in ("driver", "executor")}
     (app,) = render_template(
         TEMPLATE,
+        cpu=cpu,
         image=image,
         pull_policy=pull_policy(image),
         name=name,
@@ -219,7 +238,7 @@ def render_application(
         job_configmap=job_configmap_name(),
         landing_mount=K8S_LANDING_MOUNT,
         landing_configmap=landing_configmap_name(name),
-        landing_files=[{"key": f, "path": f"flights/date={day}/{f}"} for f in K8S_LANDING_FILES],
+        landing_files=list(K8S_LANDING_FILES),
         mongo_secret=K8S_MONGO_SECRET,
     )
     return app
@@ -630,7 +649,9 @@ def _kubernetes_operator_class():
                     data = landing_configmap_data(config.data_dir() / "landing", day)
                     self._ensure_job_configmap()
                     landing = self._create_landing_configmap(name, day, data)
-                    app = render_application(name=name, day=day, database=mongo.database, namespace=self.namespace, image=image)
+                    app = render_application(
+                        name=name, day=day, database=mongo.database, namespace=self.namespace, image=image, cpu=recorded_job_cpu()
+                    )
                     self.template_spec = {"spark": app}
                     self.name = name
                     log.info("Spark | submitting SparkApplication %s/%s for %s", self.namespace, name, day)

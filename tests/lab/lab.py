@@ -637,19 +637,29 @@ class Lab:
             _kill_group(v["pid"], v["start"])
         self._forwards_file().unlink(missing_ok=True)
 
-    def mongo_uri(self) -> str:
-        """The application user's URI of the cluster's mongos, reachable from this host (an SSH forward)."""
+    def mongo_connection(self) -> dict:
+        """The mongo stage's connection datacloud_mongo as this host reaches it: the application user through
+        an SSH forward to the cluster's mongos (the stored one names mongos by its in-cluster DNS name)."""
         import base64
-        import urllib.parse
 
+        from datacloud.inventory import load_inventory
         from datacloud.stages import mongo
 
         svc = json.loads(self.kubectl("-n", mongo.NAMESPACE, "get", "service", f"{mongo.CLUSTER}-mongos", "-o", "json").stdout)
         secret = json.loads(self.kubectl("-n", mongo.NAMESPACE, "get", "secret", f"{mongo.CLUSTER}-app", "-o", "json").stdout)
         password = base64.b64decode(secret["data"]["password"]).decode()
         port = self.forward(svc["spec"]["clusterIP"], mongo.MONGO_PORT)
-        user, pw = urllib.parse.quote(mongo.APP_USER, safe=""), urllib.parse.quote(password, safe="")
-        return f"mongodb://{user}:{pw}@127.0.0.1:{port}/{mongo.MONGO_DATABASE}?authSource=admin"
+        return {**mongo.airflow_connection(load_inventory(self.inventory_path), password), "host": "127.0.0.1", "port": port}
+
+    def mongo_env(self) -> dict[str, str]:
+        """DATACLOUD_MONGO_URI and AIRFLOW_CONN_DATACLOUD_MONGO (which Airflow takes before the stored
+        connection) for this host: what ./dev lab env prints."""
+        from datacloud.inventory import load_inventory
+        from datacloud.stages import mongo
+
+        c = self.mongo_connection()
+        uri = mongo.app_uri(load_inventory(self.inventory_path), c["password"], host=c["host"], port=c["port"])
+        return {"DATACLOUD_MONGO_URI": uri, "AIRFLOW_CONN_DATACLOUD_MONGO": json.dumps(c)}
 
     def down(self) -> None:
         self.stop_forwards()
@@ -795,11 +805,12 @@ class Lab:
                     "volume_gb": 1,
                 },
                 # the operator's stand-in (tests/lab/spark_operator_double.py) submits with spark-submit, a JVM
-                # and 6 CPUs for everything: drivers and executors request less than a machine's core
+                # 2 CPUs a node, and every pod that mounts the event-log claim (local-path: one node's folder)
+                # runs on that node: the History Server, the Connect server and executors, every driver and executor
                 "spark": {
                     "operator": {"cpu_m": 100, "memory_mb": 256, "limit_memory_mb": 768},
-                    "driver": {"cpu_m": 300, "memory_mb": 1024, "limit_memory_mb": 1536},
-                    "executor": {"cpu_m": 300, "memory_mb": 1024, "limit_memory_mb": 1536},
+                    "driver": {"cpu_m": 100, "memory_mb": 1024, "limit_memory_mb": 1536},
+                    "executor": {"cpu_m": 100, "memory_mb": 1024, "limit_memory_mb": 1536},
                 },
             },
         }
@@ -934,13 +945,12 @@ def print_env(lab: Lab) -> int:
     if lab.kubectl("get", "namespace", "mongo", check=False).returncode != 0:
         print("error: the lab cluster has no MongoDB yet; run ./dev lab provision with the mongo stage first.", file=sys.stderr)
         return 2
-    uri = lab.mongo_uri()
+    env = lab.mongo_env()
     print(f"export KUBECONFIG={shlex.quote(str(lab.kubeconfig()))}")
-    print(f"export DATACLOUD_MONGO_URI={shlex.quote(uri)}")
-    print(f"export AIRFLOW_CONN_DATACLOUD_MONGO={shlex.quote(uri)}")
-    print(
-        f"# 127.0.0.1:{uri.rsplit(':', 1)[1].split('/')[0]} is an SSH forward through {lab.nodes[0].name}; it runs until ./dev lab down"
-    )
+    for key, value in env.items():
+        print(f"export {key}={shlex.quote(value)}")
+    port = json.loads(env["AIRFLOW_CONN_DATACLOUD_MONGO"])["port"]
+    print(f"# 127.0.0.1:{port} is an SSH forward through {lab.nodes[0].name} to mongos; it runs until ./dev lab down")
     return 0
 
 

@@ -719,7 +719,7 @@ def test_a_flights_day_on_the_kubernetes_target_runs_as_a_sparkapplication_and_e
     driver and executor (the lab's Spark image) read the day's flights from the cluster's mongos with the Secret the
     spark stage wrote and its weather from the application's landing ConfigMap, and write the day's statistics.
     Airflow on this host reaches mongos as an administrator does, through an SSH forward from the control plane
-    (Lab.mongo_uri, what ./dev lab env prints). The statistics equal those of the local target for the same day; the
+    (Lab.mongo_env, what ./dev lab env prints). The statistics equal those of the local target for the same day; the
     driver's log is in the task log; the application and its landing ConfigMap are gone after the task."""
     from pymongo import MongoClient
 
@@ -727,11 +727,10 @@ def test_a_flights_day_on_the_kubernetes_target_runs_as_a_sparkapplication_and_e
     from datacloud.spark import K8S_NAMESPACE
 
     day = "2013-01-02"
-    uri = lab.mongo_uri()
-    mongo_env = {**env, "AIRFLOW_CONN_DATACLOUD_MONGO": uri, "DATACLOUD_MONGO_URI": uri}
-    result, out = run_dag(
-        {**mongo_env, "DATACLOUD_SPARK_TARGET": "local"}, flights.DAG_ID, {}, logical_date=f"{day}T00:00:00+00:00"
-    )
+    logical = "2013-01-03T00:00:00+00:00"  # a daily run's logical date ends its interval: the day before
+    mongo_env = {**env, **lab.mongo_env()}  # what ./dev lab env prints
+    uri = mongo_env["DATACLOUD_MONGO_URI"]
+    result, out = run_dag({**mongo_env, "DATACLOUD_SPARK_TARGET": "local"}, flights.DAG_ID, {}, logical_date=logical)
     assert result["state"] == "success", why(out)
     local = _stats(uri, day)
     assert local[flights.DELAY_STATS] and local[flights.ORIGIN_WEATHER]
@@ -739,9 +738,7 @@ def test_a_flights_day_on_the_kubernetes_target_runs_as_a_sparkapplication_and_e
         for coll in local:
             c.get_default_database()[coll].delete_many({"date": day})
     t0 = time.monotonic()
-    result, out = run_dag(
-        {**mongo_env, "DATACLOUD_SPARK_TARGET": "kubernetes"}, flights.DAG_ID, {}, logical_date=f"{day}T00:00:00+00:00"
-    )
+    result, out = run_dag({**mongo_env, "DATACLOUD_SPARK_TARGET": "kubernetes"}, flights.DAG_ID, {}, logical_date=logical)
     took = time.monotonic() - t0
     controller = lab.kubectl(
         "-n", "spark-operator", "logs", "deployment/spark-operator-controller", "--tail=60", check=False

@@ -79,11 +79,14 @@ def test_pinned_image_connector_and_job_inputs():
         assert env["DATACLOUD_MONGO_URI"]["valueFrom"]["secretKeyRef"] == {"name": spark.K8S_MONGO_SECRET, "key": "uri"}
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["job"]["configMap"]["name"] == spark.job_configmap_name()
-    # the day's weather and airlines at the paths the job reads (--landing ROOT/flights/date=D/...)
-    assert volumes["landing"]["configMap"] == {
-        "name": f"{app['metadata']['name']}-landing",
-        "items": [{"key": f, "path": f"flights/date=2013-01-01/{f}"} for f in ("weather.jsonl", "airlines.jsonl")],
-    }
+    # the day's weather and airlines at the paths the job reads (--landing ROOT/flights/date=D/...), one file each
+    assert volumes["landing"]["configMap"] == {"name": f"{app['metadata']['name']}-landing"}
+    for role in ("driver", "executor"):
+        mounts = [m for m in spec[role]["volumeMounts"] if m["name"] == "landing"]
+        assert mounts == [
+            {"name": "landing", "mountPath": f"/data/landing/flights/date=2013-01-01/{f}", "subPath": f, "readOnly": True}
+            for f in ("weather.jsonl", "airlines.jsonl")
+        ]
 
 
 def test_the_landing_configmap_carries_the_days_reference_files_and_refuses_what_cannot_fit(tmp_path):

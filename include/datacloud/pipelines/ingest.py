@@ -79,7 +79,7 @@ def connect(uri: str | None = None, conn_id: str = config.MONGO_CONN_ID) -> Mong
             # MongoHook passes its extras as MongoClient options; fail fast instead of the 30 s default.
             hook.extras.setdefault("serverSelectionTimeoutMS", server_selection_ms())
             database = hook.connection.schema or config.MONGO_DATABASE
-            return Mongo(hook.get_conn(), hook.uri, database)
+            return Mongo(hook.get_conn(), with_options(hook.uri, hook.extras), database)
         uri = os.environ.get("DATACLOUD_MONGO_URI")
         if not uri:
             raise UserError(
@@ -88,6 +88,18 @@ def connect(uri: str | None = None, conn_id: str = config.MONGO_CONN_ID) -> Mong
             )
     database = pymongo.uri_parser.parse_uri(uri).get("database") or config.MONGO_DATABASE
     return Mongo(pymongo.MongoClient(uri, serverSelectionTimeoutMS=server_selection_ms()), uri, database)
+
+
+def with_options(uri: str, extras: dict[str, Any]) -> str:
+    """URI plus the connection's extras as URI options. The hook hands its extras to pymongo as keyword
+    arguments but leaves them out of its ``uri``; a Spark job gets only the URI, and without ``authSource``
+    its driver would authenticate against the database in the path instead of ``admin``."""
+    options = {
+        k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in extras.items() if isinstance(v, str | int | bool)
+    }
+    if not options:
+        return uri
+    return uri + ("&" if "?" in uri else "?") + urllib.parse.urlencode(options)
 
 
 def _hook(conn_id: str):

@@ -97,6 +97,13 @@ def image(inv: Inventory | None = None) -> str:
     return own_image(inv, "spark")
 
 
+def facts(inv: Inventory) -> dict[str, Any]:
+    """What the pipelines' SparkApplications take from this stage (recorded in the platform state once it
+    converged): the image it deployed and the CPU its drivers and executors request."""
+    sp = inv.components.spark
+    return {"image": image(inv), "job_cpu": {"driver": f"{sp.driver.cpu_m}m", "executor": f"{sp.executor.cpu_m}m"}}
+
+
 def require_registry(inv: Inventory) -> str:
     """The Spark image, or a UserError when it would name no registry (it would come from Docker Hub)."""
     from datacloud.errors import UserError

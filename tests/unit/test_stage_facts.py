@@ -1,0 +1,62 @@
+"""What a stage records for later work when it converged (its module's ``facts``), and what the
+pipelines' kubernetes target takes from there: the spark stage's image and its drivers' and executors' CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from datacloud import spark as flights_spark
+from datacloud.errors import UserError
+from datacloud.stages import _common, spark
+from datacloud.stages._common import Step
+from tests.unit.apps_fixtures import REPO_ROOT, inventories
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    monkeypatch.setenv("DATACLOUD_PLATFORM_STATE", str(path))
+    return path
+
+
+def test_the_spark_stage_records_its_image_and_job_cpu_after_its_last_step_only(state, monkeypatch) -> None:
+    ran: list[str] = []
+    steps = [Step("apply", lambda ctx: ran.append("apply") or {}), Step("verify", lambda ctx: ran.append("verify") or {})]
+    monkeypatch.setattr(spark, "STEPS", steps)
+    params = {"inventory": str(REPO_ROOT / "inventory.example.yaml"), "stages": ["spark"]}
+    with pytest.raises(UserError, match="the spark stage has recorded no Spark image"):
+        flights_spark.recorded_spark_image()
+    _common.run_step("spark", "apply", params)
+    assert not state.exists()  # not converged yet
+    _common.run_step("spark", "verify", {**params, "dry_run": True})
+    assert not state.exists()  # a dry run records nothing
+    _common.run_step("spark", "verify", params)
+    inv = inventories()["reference"]
+    assert flights_spark.recorded_spark_image() == spark.image(inv)
+    sp = inv.components.spark
+    assert flights_spark.recorded_job_cpu() == {"driver": f"{sp.driver.cpu_m}m", "executor": f"{sp.executor.cpu_m}m"}
+    assert ran == ["apply", "verify", "verify"]
+
+
+def test_the_flights_application_requests_the_recorded_cpu(state) -> None:
+    app = flights_spark.render_application(
+        name="etl-flights-daily-20130102-abc-t1",
+        day="2013-01-02",
+        database="datacloud",
+        cpu={"driver": "100m", "executor": "150m"},
+    )
+    assert (app["spec"]["driver"]["coreRequest"], app["spec"]["executor"]["coreRequest"]) == ("100m", "150m")
+    default = flights_spark.recorded_job_cpu()  # nothing recorded: the pipeline's own defaults
+    assert default == {"driver": "500m", "executor": "1000m"}
+
+
+def test_the_jobs_uri_keeps_the_connections_options() -> None:
+    """The MongoDB hook leaves the connection's extras out of its URI; a Spark job gets only the URI."""
+    from datacloud.pipelines.ingest import with_options
+
+    uri = "mongodb://datacloud:p%40ss@127.0.0.1:27017/datacloud"
+    assert with_options(uri, {"authSource": "admin", "serverSelectionTimeoutMS": 10000, "tls": False}) == (
+        uri + "?authSource=admin&serverSelectionTimeoutMS=10000&tls=false"
+    )
+    assert with_options(uri, {}) == uri
+    assert with_options(uri + "?appname=x", {"authSource": "admin"}) == uri + "?appname=x&authSource=admin"
