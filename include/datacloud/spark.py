@@ -200,8 +200,8 @@ def recorded_job_cpu() -> dict[str, str]:
     from datacloud.render import versions
 
     f = versions()["flights"]
-    recorded = load_state().facts("spark").get("job_cpu") or {}
-    return {role: str(recorded.get(role) or f[f"job_{role}_cpu"]) for role in ("driver", "executor")}
+    recorded = load_state().facts("spark")
+    return {role: str(recorded.get(f"job_{role}_cpu") or f[f"job_{role}_cpu"]) for role in ("driver", "executor")}
 
 
 def render_application(

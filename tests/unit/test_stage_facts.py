@@ -1,5 +1,5 @@
-"""What a stage records for later work when it converged (its module's ``facts``), and what the
-pipelines' kubernetes target takes from there: the spark stage's image and its drivers' and executors' CPU."""
+"""What the pipelines' kubernetes target takes from the platform state: the image the spark stage deployed and
+the CPU of its drivers and executors (recorded from the stage's last step), and the job's MongoDB URI options."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import pytest
 
 from datacloud import spark as flights_spark
 from datacloud.errors import UserError
-from datacloud.stages import _common, spark
-from datacloud.stages._common import Step
+from datacloud.stages import spark
 from tests.unit.apps_fixtures import REPO_ROOT, inventories
 
 
@@ -19,23 +18,27 @@ def state(tmp_path, monkeypatch):
     return path
 
 
-def test_the_spark_stage_records_its_image_and_job_cpu_after_its_last_step_only(state, monkeypatch) -> None:
-    ran: list[str] = []
-    steps = [Step("apply", lambda ctx: ran.append("apply") or {}), Step("verify", lambda ctx: ran.append("verify") or {})]
-    monkeypatch.setattr(spark, "STEPS", steps)
-    params = {"inventory": str(REPO_ROOT / "inventory.example.yaml"), "stages": ["spark"]}
+def test_the_spark_stages_verify_result_records_the_image_and_job_cpu_the_kubernetes_target_uses(state) -> None:
+    """The listener records the scalar facts of a stage's last step (platform_state.record_from_task)."""
+    from datacloud import platform_state
+
+    inv = inventories()["reference"]
+    params = {"inventory": str(REPO_ROOT / "inventory.example.yaml")}
     with pytest.raises(UserError, match="the spark stage has recorded no Spark image"):
         flights_spark.recorded_spark_image()
-    _common.run_step("spark", "apply", params)
-    assert not state.exists()  # not converged yet
-    _common.run_step("spark", "verify", {**params, "dry_run": True})
+    result = {"changes": [], "dry_run": False, "verified": True, "image": spark.image(inv), **spark.job_cpu(inv)}
+    uris = ["datacloud://platform/spark"]
+    assert (
+        platform_state.record_from_task(
+            dag_id="provision_platform", outlet_uris=uris, params={**params, "dry_run": True}, result=result
+        )
+        is None
+    )
     assert not state.exists()  # a dry run records nothing
-    _common.run_step("spark", "verify", params)
-    inv = inventories()["reference"]
+    assert platform_state.record_from_task(dag_id="provision_platform", outlet_uris=uris, params=params, result=result) == "spark"
     assert flights_spark.recorded_spark_image() == spark.image(inv)
     sp = inv.components.spark
     assert flights_spark.recorded_job_cpu() == {"driver": f"{sp.driver.cpu_m}m", "executor": f"{sp.executor.cpu_m}m"}
-    assert ran == ["apply", "verify", "verify"]
 
 
 def test_the_flights_application_requests_the_recorded_cpu(state) -> None:

@@ -180,23 +180,9 @@ def run_step(
         if step.previous:
             # a mapped upstream step arrives as a lazy sequence of its results
             args.append(previous if previous is None or isinstance(previous, dict) else list(previous))
-        result = step.run(*args)
-        if step is module.STEPS[-1] and not run_params.dry_run:
-            record_converged(stage, module, inv)
-        return result
+        return step.run(*args)
     finally:
         ctx.close()
-
-
-def record_converged(stage: str, module: Any, inv: Any) -> None:
-    """After a stage's last step: what later work needs of it (``facts(inv)`` of its module, for example
-    the spark stage's image for the pipelines' SparkApplications) into the platform state."""
-    facts = getattr(module, "facts", None)
-    if facts is None:
-        return
-    from datacloud import platform_state
-
-    platform_state.record_stage(stage, facts=facts(inv))
 
 
 def step_nodes(stage: str, step_name: str, params: Mapping[str, Any]) -> list[str]:

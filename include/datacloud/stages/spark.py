@@ -97,11 +97,10 @@ def image(inv: Inventory | None = None) -> str:
     return own_image(inv, "spark")
 
 
-def facts(inv: Inventory) -> dict[str, Any]:
-    """What the pipelines' SparkApplications take from this stage (recorded in the platform state once it
-    converged): the image it deployed and the CPU its drivers and executors request."""
+def job_cpu(inv: Inventory) -> dict[str, str]:
+    """The CPU this stage gives drivers and executors; recorded (verify's result) for the pipelines' applications."""
     sp = inv.components.spark
-    return {"image": image(inv), "job_cpu": {"driver": f"{sp.driver.cpu_m}m", "executor": f"{sp.executor.cpu_m}m"}}
+    return {"job_driver_cpu": f"{sp.driver.cpu_m}m", "job_executor_cpu": f"{sp.executor.cpu_m}m"}
 
 
 def require_registry(inv: Inventory) -> str:
@@ -691,11 +690,11 @@ def verify(ctx: Any, *, name: str | None = None, clock: Any = None, sleep: Any =
         Poller("Spark | Verify | History Server", HISTORY_TIMEOUT_S, clock=clock, sleep=sleep).run(in_history, log)
     finally:
         kube.kubectl("delete", "sparkapplication", name, "--namespace", SPARK_JOBS_NS, "--ignore-not-found", check=False)
-    # `image` is recorded in the platform state: the flights pipeline's Kubernetes target runs it.
-    # `connect_url` too: the address notebooks and the connect target use (recorded, no token).
+    # `image` and `job_*_cpu` are recorded in the platform state: the flights pipeline's Kubernetes target
+    # runs that image at that size. `connect_url` too: the address notebooks and the connect target use (no token).
     return _outcome(
         "verify", [], False, verified=True, application=name, spark_application_id=app_id, image=spark_image,
-        connect_url=connect_url(), connect_state=connect_state,
+        connect_url=connect_url(), connect_state=connect_state, **job_cpu(ctx.inv),
     )  # fmt: skip
 
 
