@@ -1188,36 +1188,28 @@ def test_kube_apply_reports_changed_then_unchanged_and_dry_run_applies_nothing(
         lab.kubectl("-n", "default", "delete", "configmap", name, check=False)
 
 
-def test_helm_release_installs_from_the_chart_mirror_then_is_unchanged(
+def test_the_mongo_stages_helm_releases_came_from_the_chart_mirror_and_are_unchanged(
     lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The Helm path the later stages use: real helm on the control plane, the chart from packages.chart_repository.
-
-    The mongo stage's CRD release (CRDs only: nothing has to run for it to be deployed).
-    """
+    """The Helm path the stages use: real helm on the control plane, the charts from packages.chart_repository.
+    The first run installed the mongo stage's releases (its CRD chart and its operator chart) from the lab's chart
+    repository; the same chart with the same values is unchanged, in a dry run and for real."""
     from datacloud.inventory import load_inventory
     from datacloud.kube import Kube
     from datacloud.stages import mongo
 
     _remote_env(lab, env, monkeypatch)
     inv = load_inventory(lab.inventory_path)
-    release = next(r for r in mongo.render(inv).releases if r.name == "psmdb-operator-crds")
-    with Kube(inv, dry_run=True) as kube:
-        assert kube.helm_upgrade(release) is True  # would install
-    assert lab.kubectl("get", "crd", "perconaservermongodbs.psmdb.percona.com", check=False).returncode != 0
-    try:
+    for release in mongo.render(inv).releases:
         with Kube(inv) as kube:
-            assert kube.helm_upgrade(release, timeout_s=120) is True
             deployed = kube.helm_release(release.name, release.namespace)
             assert (deployed["chart"], deployed["status"]) == (f"{release.chart}-{release.version}", "deployed")
             assert kube.helm_upgrade(release, timeout_s=120) is False  # same chart, same values: unchanged
-        api(lab, "get", "crd", "perconaservermongodbs.psmdb.percona.com")  # the CRD is served now
-        # the chart came from the lab's chart repository, as an installation's mirror would serve it
-        assert "GET /index.yaml" in (lab.state / "charts-http.log").read_text()
-    finally:
-        with Kube(inv) as kube:
-            kube.helm("uninstall", release.name, "--namespace", release.namespace, check=False)
-        lab.kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
+        with Kube(inv, dry_run=True) as kube:
+            assert kube.helm_upgrade(release) is False
+    api(lab, "get", "crd", "perconaservermongodbs.psmdb.percona.com")  # the CRD chart's CRD is served
+    served = (lab.state / "charts-http.log").read_text()
+    assert "GET /index.yaml" in served and f"GET /psmdb-operator-crds-{release.version}.tgz" in served
 
 
 # --- 5. teardown, then a new run joins the nodes again ------------------------------------------
