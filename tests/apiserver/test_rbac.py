@@ -93,6 +93,8 @@ TABLE: dict[str, Row] = {
             "create sparkapplications.sparkoperator.k8s.io spark-jobs", "delete sparkapplications.sparkoperator.k8s.io spark-jobs",
             "watch sparkapplications.sparkoperator.k8s.io spark-jobs", "get sparkapplications.sparkoperator.k8s.io/status spark-jobs",
             "get pods/log spark-jobs", "list pods spark-jobs", "create configmaps spark-jobs",
+            # each application's landing ConfigMap: written before the submission, deleted after it
+            "update configmaps spark-jobs", "delete configmaps spark-jobs",
         ),
         may_not=(
             "create sparkapplications.sparkoperator.k8s.io default", "create sparkapplications.sparkoperator.k8s.io spark-connect",
@@ -100,7 +102,8 @@ TABLE: dict[str, Row] = {
             "get secrets spark-jobs", "list secrets spark-jobs", "list secrets *", "create pods spark-jobs",
             "delete pods spark-jobs", "patch pods spark-jobs", "create pods/exec spark-jobs",
             "update sparkapplications.sparkoperator.k8s.io/status spark-jobs", "create scheduledsparkapplications.sparkoperator.k8s.io spark-jobs",
-            "create sparkconnects.sparkoperator.k8s.io spark-connect", "delete configmaps spark-jobs", "get pods/log spark-connect",
+            "create sparkconnects.sparkoperator.k8s.io spark-connect", "list configmaps spark-jobs",
+            "delete configmaps spark-connect", "delete configmaps jupyter", "get pods/log spark-connect",
         ),
         why="Airflow's Spark submission (datacloud_kubernetes_spark): SparkApplications in spark-jobs, nothing else",
     ),
