@@ -197,11 +197,17 @@ def landing_configmap_data(landing_root: Path, day: str) -> dict[str, str]:
 def recorded_job_cpu() -> dict[str, str]:
     """The CPU the spark stage gives drivers and executors (platform state), else the pipeline's defaults."""
     from datacloud.platform_state import load_state
+
+    recorded = load_state().facts("spark")
+    return {role: str(recorded.get(f"job_{role}_cpu") or cpu) for role, cpu in default_job_cpu().items()}
+
+
+def default_job_cpu() -> dict[str, str]:
+    """The pipeline's own CPU for drivers and executors (manifests/versions.yaml, flights.job_*_cpu)."""
     from datacloud.render import versions
 
     f = versions()["flights"]
-    recorded = load_state().facts("spark")
-    return {role: str(recorded.get(f"job_{role}_cpu") or f[f"job_{role}_cpu"]) for role in ("driver", "executor")}
+    return {role: str(f[f"job_{role}_cpu"]) for role in ("driver", "executor")}
 
 
 def render_application(
@@ -219,11 +225,10 @@ def render_application(
     default the repository-relative pin, for rendering only.
     """
     from datacloud.images import own_image, pull_policy
-    from datacloud.render import render_template, versions
+    from datacloud.render import render_template
 
     image = image or own_image(None, "spark")
-    f = versions()["flights"]
-    cpu = cpu or {role: str(f[f"job_{role}_cpu"]) for role in ("driver", "executor")}
+    cpu = cpu or default_job_cpu()
     (app,) = render_template(
         TEMPLATE,
         cpu=cpu,

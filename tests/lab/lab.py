@@ -654,12 +654,13 @@ class Lab:
     def mongo_env(self) -> dict[str, str]:
         """DATACLOUD_MONGO_URI and AIRFLOW_CONN_DATACLOUD_MONGO (which Airflow takes before the stored
         connection) for this host: what ./dev lab env prints."""
-        from datacloud.inventory import load_inventory
         from datacloud.stages import mongo
 
         c = self.mongo_connection()
-        uri = mongo.app_uri(load_inventory(self.inventory_path), c["password"], host=c["host"], port=c["port"])
-        return {"DATACLOUD_MONGO_URI": uri, "AIRFLOW_CONN_DATACLOUD_MONGO": json.dumps(c)}
+        return {
+            "DATACLOUD_MONGO_URI": mongo.user_uri(c["password"], c["host"], c["port"]),
+            "AIRFLOW_CONN_DATACLOUD_MONGO": json.dumps(c),
+        }
 
     def down(self) -> None:
         self.stop_forwards()

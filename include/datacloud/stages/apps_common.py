@@ -123,18 +123,13 @@ def mongo_uri_secret(kube: Any, name: str, namespace: str, component: str) -> tu
     """Secret NAME in NAMESPACE (key ``uri``): the mongo stage's application user through mongos (in-cluster
     DNS), for the pods of another stage. (None, "unchanged") when it holds that URI already, (None, why)
     when the mongo stage has not run; the password and the URI are masked, never logged."""
-    from urllib.parse import quote
-
-    from datacloud.config import MONGO_DATABASE
     from datacloud.connections import mask
+    from datacloud.stages.mongo import user_uri
 
     password = secret_value(kube, MONGO_APP_SECRET, MONGO_NS, "password")
     if password is None:
         return None, f"Secret {MONGO_NS}/{MONGO_APP_SECRET} does not exist yet (run the mongo stage)"
-    uri = (
-        f"mongodb://{quote(MONGO_APP_USER, safe='')}:{quote(password, safe='')}@{mongo_service_host('mongos')}:{MONGO_PORT}/"
-        f"{MONGO_DATABASE}?authSource=admin"
-    )
+    uri = user_uri(password, mongo_service_host("mongos"), MONGO_PORT)
     mask(password)
     mask(uri)
     if secret_value(kube, name, namespace, "uri") == uri:

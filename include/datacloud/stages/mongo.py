@@ -218,9 +218,14 @@ def app_uri(inv: Inventory, password: str, host: str | None = None, port: int | 
     m = inv.components.mongo
     if host is None:
         host, port = (str(inv.control_plane.address), m.node_port) if m.node_port else (mongos_host(), MONGO_PORT)
+    return user_uri(password, host, port or MONGO_PORT)
+
+
+def user_uri(password: str, host: str, port: int) -> str:
+    """The application user's URI through mongos at HOST:PORT."""
     user = urllib.parse.quote(APP_USER, safe="")
     pw = urllib.parse.quote(password, safe="")
-    return f"mongodb://{user}:{pw}@{host}:{port or MONGO_PORT}/{MONGO_DATABASE}?authSource=admin"
+    return f"mongodb://{user}:{pw}@{host}:{port}/{MONGO_DATABASE}?authSource=admin"
 
 
 def airflow_connection(inv: Inventory, password: str) -> dict[str, Any]:
