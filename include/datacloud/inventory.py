@@ -208,6 +208,15 @@ REGISTRY_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,6
 IMAGE_REPOSITORY = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,252})(:[0-9]{1,5})?(/[a-z0-9]([a-z0-9._-]{0,126}))*$")
 SSH_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 PREFLIGHT_CHECK = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+# kubelet's hard eviction signals and its defaults for them (KubeletConfiguration evictionHard)
+EVICTION_DEFAULTS = {
+    "memory.available": "100Mi",
+    "nodefs.available": "10%",
+    "nodefs.inodesFree": "5%",
+    "imagefs.available": "15%",
+}
+EVICTION_SIGNALS = (*EVICTION_DEFAULTS, "imagefs.inodesFree", "pid.available")
+EVICTION_THRESHOLD = re.compile(r"^(?:(?:100|[1-9]?[0-9])(?:\.[0-9]{1,2})?%|[0-9]{1,12}(?:Ki|Mi|Gi|Ti)?)$")
 IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -225,6 +234,22 @@ class KubernetesSettings(_Model):
     kube_proxy_conntrack_max_per_core: int | None = Field(strict=True, default=None, ge=0, le=1_000_000)  # 0: keep the kernel's
     ignore_preflight_errors: list[str] = Field(default_factory=list, max_length=20)  # kubeadm checks, e.g. SystemVerification
     image_repository: str | None = None  # kubeadm imageRepository (a private registry holding the control-plane images)
+    # kubelet evictionHard: signal -> threshold ("2Gi", "10%"); the signals not named keep kubelet's defaults
+    eviction_hard: dict[str, str] = Field(default_factory=dict, max_length=len(EVICTION_SIGNALS))
+
+    @field_validator("eviction_hard")
+    @classmethod
+    def _eviction(cls, v: dict[str, str]) -> dict[str, str]:
+        for signal, threshold in v.items():
+            if signal not in EVICTION_SIGNALS:
+                raise ValueError(f"{_short(signal)} is not a kubelet eviction signal (one of {', '.join(EVICTION_SIGNALS)})")
+            _check(EVICTION_THRESHOLD, threshold, f"a threshold for {signal} like 2Gi or 10%")
+        return v
+
+    def eviction_thresholds(self) -> dict[str, str]:
+        """What kubelet's evictionHard gets when the inventory names any signal: kubelet's defaults, then the
+        inventory's (kubelet turns every signal the map leaves out off, so the defaults are written too)."""
+        return {**EVICTION_DEFAULTS, **self.eviction_hard} if self.eviction_hard else {}
 
     @field_validator("ignore_preflight_errors")
     @classmethod

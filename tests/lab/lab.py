@@ -65,6 +65,10 @@ SUITE = "bookworm"
 PREFIX = "dclab"
 LOCK_DIR = Path("/run/datacloud-lab")
 USER = "datacloud"
+# kubelet's disk floor on the lab's nodes, and what the host must have free when a lab starts (three nodes'
+# containerd stores, the registry, the platform's claims: about 6 GiB at their peak)
+EVICTION_FLOOR = "1Gi"
+HOST_FREE_GIB = 10
 UID = 1000
 
 
@@ -252,6 +256,20 @@ class LabNode:
         return Path(f"/proc/{pid}/root") / inside.lstrip("/")
 
 
+def check_free_disk(paths: tuple[Path, ...], gib: float) -> None:
+    """Refuse to start a lab on a host whose disk under PATHS has less than GIB free (kubelet would evict
+    the platform's pods half way through a run)."""
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
+        st = os.statvfs(path)
+        free = st.f_bavail * st.f_frsize / 2**30
+        if free < gib:
+            raise RuntimeError(
+                f"{path} has {free:.1f} GiB free and a lab needs {gib} GiB: free some space (old builds sit in "
+                f"{config.cache_dir()}/lab) and start it again"
+            )
+
+
 class Lab:
     """N SSH nodes. ``with Lab(3, state) as lab:`` or ``up()``/``down()``."""
 
@@ -366,6 +384,7 @@ class Lab:
 
     def up(self) -> Lab:
         t0 = time.monotonic()
+        check_free_disk((self.state, config.cache_dir()), HOST_FREE_GIB)
         rootfs = rootfs_dir() / "rootfs"
         repo = build_repo()
         self.state.mkdir(parents=True, exist_ok=True)
@@ -773,6 +792,9 @@ class Lab:
                 "per_node_cgroup_root": True,
                 "kube_proxy_conntrack_max_per_core": 0,
                 "ignore_preflight_errors": ["SystemVerification"],
+                # the nodes' filesystems are the host's one disk, shared with its caches: kubelet's percentages of
+                # it (imagefs 15 %) evict every pod of a host whose big disk is mostly full, so absolute floors
+                "eviction_hard": {"nodefs.available": EVICTION_FLOOR, "imagefs.available": EVICTION_FLOOR},
             },
             "containerd": {
                 "restrict_oom_score_adj": True,

@@ -968,10 +968,19 @@ def _publish(tmp: Path, dest: Path, *, built) -> None:
         tmp.rename(dest)
 
 
-def _prune(parent: Path, prefix: str, keep: Path) -> None:
-    """Other builds, unused for a day (another checkout may still use its own)."""
-    for old in parent.glob(prefix + "*"):
-        if old != keep and ".tmp" not in old.name and time.time() - old.stat().st_mtime > 86400:
+def _prune(parent: Path, prefix: str, keep: Path, *, spare: int = 2, age_s: float = 3600) -> None:
+    """Other builds but the SPARE newest, once older than AGE_S (another checkout may still use its own;
+    each build is most of a GiB and the host's free disk is what kubelet on the lab's nodes lives on)."""
+
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:  # another checkout pruned it
+            return 0.0
+
+    others = sorted((p for p in parent.glob(prefix + "*") if p != keep and ".tmp" not in p.name), key=mtime, reverse=True)
+    for old in others[spare:]:
+        if time.time() - mtime(old) > age_s:
             shutil.rmtree(old, ignore_errors=True)
 
 

@@ -192,3 +192,31 @@ def test_preflight_logs_the_inventory_warnings(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="datacloud.stages.preflight"):
         preflight.check(SimpleNamespace(inv=inv, dry_run=True), [])
     assert any("enforces no NetworkPolicy" in r.getMessage() for r in caplog.records)
+
+
+def test_eviction_thresholds_keep_kubelets_defaults_for_the_signals_not_named():
+    """kubelet turns off every hard-eviction signal its map leaves out, so naming one writes the others'
+    defaults too; without the setting the KubeletConfiguration has no evictionHard at all."""
+    assert "evictionHard" not in _docs(kubeadm_config(_inv()))["KubeletConfiguration"]
+    inv = _inv(kubernetes={"eviction_hard": {"imagefs.available": "1Gi", "pid.available": "5%"}})
+    assert _docs(kubeadm_config(inv))["KubeletConfiguration"]["evictionHard"] == {
+        "memory.available": "100Mi",
+        "nodefs.available": "10%",
+        "nodefs.inodesFree": "5%",
+        "imagefs.available": "1Gi",
+        "pid.available": "5%",
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ({"disk.available": "1Gi"}, "'disk.available' is not a kubelet eviction signal"),
+        ({"nodefs.available": "ten percent"}, "is not a threshold for nodefs.available like 2Gi or 10%"),
+        ({"nodefs.available": "101%"}, "is not a threshold for nodefs.available"),
+        ({"memory.available": "1GB"}, "is not a threshold for memory.available"),
+    ],
+)
+def test_an_eviction_threshold_kubelet_would_refuse_is_one_clear_sentence(setting, says):
+    with pytest.raises(InventoryError, match=says):
+        _inv(kubernetes={"eviction_hard": setting})
