@@ -280,7 +280,10 @@ class Kube:
             timeout=timeout_s + 60,
         )
         if res.rc != 0:
-            raise helm_failure(release.name, res.stderr)
+            err = helm_failure(release.name, res.stderr)
+            if isinstance(err, TransientError):
+                err = TransientError(f"{err}{self.why_waiting(release.namespace)}")
+            raise err
         return True
 
     # -- wait --
@@ -309,7 +312,8 @@ class Kube:
         args += [f"--for=condition={condition}", f"--timeout={timeout_s}s"]
         res = self.kubectl(*args, check=False, timeout=timeout_s + 60)
         if res.rc != 0:
-            raise TransientError(f"{kind} {name or selector or 'all'} did not become {condition} within {timeout_s}s")
+            why = self.why_waiting(namespace) if kind.startswith("pod") else ""
+            raise TransientError(f"{kind} {name or selector or 'all'} did not become {condition} within {timeout_s}s{why}")
 
     def rollout_status(self, kind: str, name: str, *, namespace: str, timeout_s: int = 300) -> None:
         res = self.kubectl(
@@ -323,4 +327,24 @@ class Kube:
             timeout=timeout_s + 60,
         )
         if res.rc != 0:
-            raise TransientError(f"{kind}/{name} in {namespace} did not finish rolling out within {timeout_s}s")
+            raise TransientError(
+                f"{kind}/{name} in {namespace} did not finish rolling out within {timeout_s}s{self.why_waiting(namespace)}"
+            )
+
+    def why_waiting(self, namespace: str | None) -> str:
+        """'; why: …' with the nodes' pressures and the reasons NAMESPACE's pods are not ready (pod_status),
+        for the error of a wait that timed out; '' when nothing is known (the diagnosis never hides that error)."""
+        from datacloud import pod_status
+
+        try:
+            ns = ["--namespace", namespace] if namespace else ["--all-namespaces"]
+            pods = self.kubectl("get", "pods", *ns, "--output", "json", quiet=True, check=False, timeout=30)
+            nodes = self.kubectl("get", "nodes", "--output", "json", quiet=True, check=False, timeout=30)
+            why = pod_status.explain(
+                json.loads(pods.stdout or "{}").get("items", []) if pods.rc == 0 else [],
+                json.loads(nodes.stdout or "{}").get("items", []) if nodes.rc == 0 else [],
+            )
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must not replace the error it explains
+            log.debug("Kubernetes | no diagnosis: %s", exc)
+            return ""
+        return f"; why: {why}" if why else ""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from datacloud.kube import ApplyResult, object_id
+from datacloud.kube import ApplyResult, Kube, object_id
 from datacloud.remote import Result
 
 KIND_ALIASES = {"persistentvolumeclaim": "PersistentVolumeClaim", "pod": "Pod", "secret": "Secret", "service": "Service"}
@@ -31,6 +31,8 @@ class KubeDoubleState:
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     pod_phase: str = "Succeeded"
     claim_phase: str = "Bound"
+    # what `kubectl get pods|nodes -o json` answers (the pods' and nodes' status, for Kube.why_waiting)
+    listed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 class RecordingKubeDouble:
@@ -75,6 +77,8 @@ class RecordingKubeDouble:
     def rollout_status(self, kind: str, name: str, *, namespace: str, timeout_s: int = 300) -> None:
         self.state.calls.append(("rollout", kind, name))
 
+    why_waiting = Kube.why_waiting  # the real diagnosis, over this double's kubectl
+
     def wait(self, kind: str, name: str | None = None, **kw: Any) -> None:
         self.state.calls.append(("wait", kind, name))
 
@@ -106,6 +110,8 @@ class RecordingKubeDouble:
 
     def kubectl(self, *args: str, **kw: Any) -> Result:
         self.state.calls.append(("kubectl", *args))
+        if args[0] == "get" and args[1] in self.state.listed:
+            return Result(0, json.dumps({"items": self.state.listed[args[1]]}), "")
         if args[0] == "wait" and args[1] == "pod":
             return Result(0 if self.state.pod_phase == "Succeeded" else 1, "", "")
         if args[0] == "delete":

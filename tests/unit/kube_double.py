@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from datacloud.kube import ApplyResult, object_id
+from datacloud.kube import ApplyResult, Kube, object_id
 from datacloud.remote import Result
 
 
@@ -70,6 +70,9 @@ class RecordingKubeDouble:
             if args[: len(prefix)] == prefix:
                 return reply(args)
         return Result(0, "", "")
+
+    # the real diagnosis, over this double's kubectl (scripted `get pods`/`get nodes` replies)
+    why_waiting = Kube.why_waiting
 
     def rollout_status(self, kind: str, name: str, *, namespace: str, timeout_s: int = 300) -> None:
         self.calls.append(("rollout", f"{kind}/{namespace}/{name}"))

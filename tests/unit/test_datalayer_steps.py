@@ -118,6 +118,37 @@ def test_health_warn_off_the_list_times_out_with_the_checks(fake_time, caplog):
     assert 100 <= len(waiting) <= 1800 // 15 + 1
 
 
+def test_a_wait_that_times_out_says_why_the_pods_are_not_ready(fake_time):
+    """The timeout's error carries what kubelet and the scheduler said (Kube.why_waiting over `get pods,nodes`):
+    the node under disk pressure, the evicted and the unschedulable pod, not only "not ready after 1800s"."""
+    ctx = _ctx()
+    ctx.state.status[("cephcluster", "rook-ceph")] = [_ceph(phase="Progressing")]
+    pressure = {"type": "DiskPressure", "status": "True"}
+    ctx.state.listed = {
+        "nodes": [
+            {"metadata": {"name": "n2"}, "status": {"conditions": [{"type": "Ready", "status": "True"}, pressure]}},
+            {"metadata": {"name": "n3"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+        ],
+        "pods": [
+            {"metadata": {"name": "rook-ceph-mon-a"}, "status": {"phase": "Failed", "reason": "Evicted",
+                                                                 "message": "The node had condition: [DiskPressure]. "}},
+            {"metadata": {"name": "rook-ceph-mon-b"}, "status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/3 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/disk-pressure: }."}]}},
+            {"metadata": {"name": "rook-ceph-mgr-a"}, "status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True"}]}},
+        ],
+    }  # fmt: skip
+    with pytest.raises(TransientError) as err:
+        storage.step_health(ctx)
+    assert str(err.value).endswith(
+        "; why: node n2: DiskPressure; rook-ceph-mon-a Evicted: The node had condition: [DiskPressure].; "
+        "rook-ceph-mon-b unschedulable: 0/3 nodes are available: 1 node(s) had untolerated taint "
+        "{node.kubernetes.io/disk-pressure: }."
+    )
+    assert ("kubectl", "get", "pods", "--namespace", "rook-ceph", "--output", "json") in ctx.state.calls
+
+
 def test_progress_lines_are_rate_limited():
     now = [0.0]
     lines = []

@@ -145,11 +145,19 @@ class Poller:
     """
 
     def __init__(
-        self, what: str, timeout_s: float, interval_s: float = 5, progress_s: float = 15, clock: Any = None, sleep: Any = None
+        self,
+        what: str,
+        timeout_s: float,
+        interval_s: float = 5,
+        progress_s: float = 15,
+        clock: Any = None,
+        sleep: Any = None,
+        explain: Any = None,
     ):
         import time
 
         self.what, self.timeout_s, self.interval_s, self.progress_s = what, timeout_s, interval_s, progress_s
+        self.explain = explain  # () -> "; why: ..." for the timeout's error (Kube.why_waiting)
         self.clock = clock or time.monotonic
         self.sleep = sleep or time.sleep
 
@@ -168,5 +176,6 @@ class Poller:
                 log.info("%s | waiting (%.0f s): %s", self.what, now - start, state)
                 last_line = now
             if now - start >= self.timeout_s:
-                raise TransientError(f"{self.what}: not done within {self.timeout_s:.0f} s (last state: {state})")
+                why = self.explain() if self.explain else ""
+                raise TransientError(f"{self.what}: not done within {self.timeout_s:.0f} s (last state: {state}){why}")
             self.sleep(self.interval_s)

@@ -375,6 +375,7 @@ def step_ready(ctx: Any) -> dict[str, Any]:
             "Mongo | PerconaServerMongoDB",
             lambda: psmdb_state(kube.get_json("perconaservermongodb", CLUSTER, namespace=NAMESPACE)),
             READY_TIMEOUT_S,
+            explain=lambda: kube.why_waiting(NAMESPACE),
         )
     return outcome("mongo", "ready", [], ctx.dry_run, state=state)
 

@@ -672,7 +672,13 @@ def verify(ctx: Any, *, name: str | None = None, clock: Any = None, sleep: Any =
         return current in TERMINAL_STATES, f"{current}, {len(executors)} executor(s)"
 
     try:
-        Poller(f"Spark | Verify | {name}", VERIFY_TIMEOUT_S, clock=clock, sleep=sleep).run(app_state, log)
+        Poller(
+            f"Spark | Verify | {name}",
+            VERIFY_TIMEOUT_S,
+            clock=clock,
+            sleep=sleep,
+            explain=lambda: kube.why_waiting(SPARK_JOBS_NS),
+        ).run(app_state, log)
         final = (state.get("applicationState") or {}).get("state")
         if final != "COMPLETED":
             message = (state.get("applicationState") or {}).get("errorMessage") or "no error message"
@@ -716,7 +722,13 @@ def wait_connect_ready(kube: Any, *, clock: Any = None, sleep: Any = None) -> st
         executors = status.get("executors") or {}
         return state == "Ready", f"{state}, executors {executors or 'none'}"
 
-    return Poller(f"Spark | Verify | SparkConnect {CONNECT_NAME}", CONNECT_TIMEOUT_S, clock=clock, sleep=sleep).run(ready, log)
+    return Poller(
+        f"Spark | Verify | SparkConnect {CONNECT_NAME}",
+        CONNECT_TIMEOUT_S,
+        clock=clock,
+        sleep=sleep,
+        explain=lambda: kube.why_waiting(SPARK_CONNECT_NS),
+    ).run(ready, log)
 
 
 def _steps() -> list[Any]:

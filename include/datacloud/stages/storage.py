@@ -212,10 +212,11 @@ def wait_until(
     progress_every_s: float = PROGRESS_EVERY_S,
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], None] | None = None,
+    explain: Callable[[], str] | None = None,
 ) -> str:
     """Call ``check()`` -> (done, state) until done; log the state at most every
     ``progress_every_s``; a timeout is a TransientError naming the last state
-    (the task retries)."""
+    and what ``explain()`` adds (Kube.why_waiting: the pods' reasons; the task retries)."""
     clock = clock or time.monotonic
     sleep = sleep or time.sleep
     interval_s = POLL_S if interval_s is None else interval_s
@@ -231,7 +232,8 @@ def wait_until(
             log.info("%s | waiting (%.0fs of %.0fs): %s", what, now, timeout_s, state)
             last_log = now
         if now >= timeout_s:
-            raise TransientError(f"{what}: not ready after {timeout_s:.0f}s; last state: {state}")
+            why = explain() if explain else ""
+            raise TransientError(f"{what}: not ready after {timeout_s:.0f}s; last state: {state}{why}")
         sleep(interval_s)
 
 
@@ -302,6 +304,7 @@ def step_health(ctx: Any) -> dict[str, Any]:
             "Storage | Ceph health",
             lambda: ceph_health(kube.get_json("cephcluster", CEPH_CLUSTER, namespace=CEPH_NAMESPACE)),
             inv.components.storage.health_timeout_s,
+            explain=lambda: kube.why_waiting(CEPH_NAMESPACE),
         )
     return outcome("storage", "health", [], ctx.dry_run, health=state)
 
