@@ -27,15 +27,22 @@ class Service:
     local_port: int
     scheme: str = "http"
     note: str = ""
+    key: str = ""  # the platform_state service key of its navigation link ("" when it has none)
 
 
 def services(inv: Inventory) -> list[Service]:
     kps = monitoring.KPS_RELEASE
     return [
         Service(
-            "Grafana", MONITORING_NS, f"{kps}-grafana", 80, 3000, note="user admin; password in Secret monitoring/grafana-admin"
+            "Grafana",
+            MONITORING_NS,
+            f"{kps}-grafana",
+            80,
+            3000,
+            note="user admin; password in Secret monitoring/grafana-admin",
+            key="grafana",
         ),
-        Service("Prometheus", MONITORING_NS, f"{kps}-prometheus", 9090, 9090),
+        Service("Prometheus", MONITORING_NS, f"{kps}-prometheus", 9090, 9090, key="prometheus"),
         Service("Alertmanager", MONITORING_NS, f"{kps}-alertmanager", 9093, 9093),
         Service(
             "Headlamp",
@@ -44,6 +51,7 @@ def services(inv: Inventory) -> list[Service]:
             80,
             4466,
             note="read-only; sign in with your own token to change things",
+            key="headlamp",
         ),
         Service(
             "JupyterHub",
@@ -52,8 +60,9 @@ def services(inv: Inventory) -> list[Service]:
             80,
             8000,
             note=f"NativeAuthenticator; {jupyter.ADMIN_USER} approves new accounts",
+            key="jupyterhub",
         ),
-        Service("Spark History Server", SPARK_JOBS_NS, spark.HISTORY_SERVICE, spark.HISTORY_PORT, 18080),
+        Service("Spark History Server", SPARK_JOBS_NS, spark.HISTORY_SERVICE, spark.HISTORY_PORT, 18080, key="spark_history"),
         Service(
             "MongoDB (mongos)",
             MONGO_NS,
@@ -64,6 +73,14 @@ def services(inv: Inventory) -> list[Service]:
             note="user and password from the datacloud_mongo connection",
         ),
     ]
+
+
+def links(inv: Inventory, stage: str) -> dict[str, str]:
+    """STAGE's navigation links (platform_state service key -> URL): each service's address on this host
+    once `./dev tunnels` forwards it, the only way in from outside the private network."""
+    from datacloud.platform_state import SERVICES
+
+    return {s.key: url(s) for s in services(inv) if s.key and SERVICES[s.key].stage == stage}
 
 
 def _ssh(inv: Inventory, forwards: list[str], remote: list[str] | None = None) -> str:

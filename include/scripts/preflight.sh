@@ -44,6 +44,13 @@ done
 if [ -d /var/lib/etcd ] && [ -n "$(ls -A /var/lib/etcd 2>/dev/null)" ]; then left="$left /var/lib/etcd"; fi
 fact leftovers "${left# }"
 
+# The filesystem kubelet (nodefs, /var/lib/kubelet) and containerd (imagefs) keep their data on.
+dir=/var/lib/containerd
+[ -d "$dir" ] || dir=/var/lib
+read -r kb_total kb_free <<<"$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 {print $2, $4}')" || true
+fact var_lib_kb "${kb_total:-0}"
+fact var_lib_free_kb "${kb_free:-0}"
+
 # Disks for Ceph: present, no filesystem, no partitions.
 for dev in "$@"; do
   if [ ! -b "$dev" ]; then

@@ -574,6 +574,11 @@ def test_the_spark_stage_runs_on_the_lab_with_the_operators_double(
         timeout=120,
     )  # fmt: skip
     assert all(c["image"] == spark.image(inv) for p in executors for c in p["spec"]["containers"])
+    # the first run's listener recorded the stage's link for the Airflow UI (where ./dev tunnels forwards it)
+    from datacloud.platform_state import load_state
+
+    links = {svc.key: url for svc, url in load_state().links()}
+    assert links.get("spark_history") == "http://127.0.0.1:18080", load_state().data
 
     name = f"lab-pi-{os.getpid()}"
     app = {

@@ -142,6 +142,27 @@ def test_stage_module_services_become_links(plugin, monkeypatch):
     assert plugin.DatacloudPlugin().external_views[0]["href"] == "http://192.168.1.1:3000"
 
 
+def test_the_real_stages_links_appear_once_each_stage_ran(plugin):
+    """spark, monitoring and jupyter define services(inv): their addresses through ./dev tunnels (the only way
+    in from outside the private network) become the Platform menu, each once its stage is recorded."""
+    params = {"inventory": "inventory.example.yaml", "dry_run": False}
+    assert plugin.DatacloudPlugin().external_views == []
+    ps.record_from_task(dag_id="provision_platform", outlet_uris=["datacloud://platform/spark"], params=params, result={})
+    assert [(v["name"], v["href"]) for v in plugin.DatacloudPlugin().external_views] == [
+        ("Spark History Server", "http://127.0.0.1:18080")
+    ]
+    for stage in ("monitoring", "jupyter"):
+        ps.record_from_task(dag_id="provision_platform", outlet_uris=[f"datacloud://platform/{stage}"], params=params, result={})
+    assert [(v["name"], v["href"]) for v in plugin.DatacloudPlugin().external_views] == [
+        ("Grafana", "http://127.0.0.1:3000"),
+        ("JupyterHub", "http://127.0.0.1:8000"),
+        ("Spark History Server", "http://127.0.0.1:18080"),
+        ("Headlamp (Kubernetes)", "http://127.0.0.1:4466"),
+        ("Prometheus", "http://127.0.0.1:9090"),
+    ]
+    assert plugin.spark_history_url("app-1") == "http://127.0.0.1:18080/history/app-1/jobs/"
+
+
 def test_listener_never_fails_the_task(plugin, caplog):
     import datacloud_listener
 

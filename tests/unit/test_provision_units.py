@@ -333,3 +333,31 @@ def test_platform_teardown_is_gated() -> None:
     confirm = dag.get_task("teardown.confirm")
     assert confirm.upstream_task_ids == set()
     assert all(t.task_id == "teardown.confirm" or t.upstream_task_ids for t in dag.tasks)
+
+
+def test_preflight_refuses_a_var_lib_kubelet_would_evict_every_pod_on() -> None:
+    """The stop-21 CI host: 42 GiB free of 252, under kubelet's imagefs.available 15 % (37.8 GiB) plus the
+    images; kubelet evicted every pod half way through the run. Preflight says so before anything is changed,
+    and an inventory floor that fits the disk (kubernetes.eviction_hard) or our own re-run passes."""
+    import yaml
+
+    from datacloud.inventory import parse_inventory
+    from datacloud.stages.preflight import IMAGE_HEADROOM_GIB, eviction_floor_gib, var_lib_problem
+
+    data = yaml.safe_load((config.REPO_ROOT / "inventory.example.yaml").read_text())
+    inv = parse_inventory(data)
+    full = {"var_lib_kb": str(252 * 2**20), "var_lib_free_kb": str(42 * 2**20)}
+    assert eviction_floor_gib(inv, 252) == (pytest.approx(37.8), "imagefs.available 15%")
+    assert var_lib_problem(inv, full, ours=False) == (
+        "/var/lib has 42.0 GiB free of 252 GiB, and kubelet evicts every pod below 37.8 GiB (imagefs.available 15%) "
+        f"while the platform's images need about {IMAGE_HEADROOM_GIB} GiB more; free space there, or set "
+        "kubernetes.eviction_hard to floors that fit this disk (docs/operations.md)."
+    )
+    assert var_lib_problem(inv, full, ours=True) is None  # our images are on the disk already: floor + 1 GiB
+    data["kubernetes"] = {**data.get("kubernetes", {}), "eviction_hard": {"imagefs.available": "2Gi", "nodefs.available": "5%"}}
+    fitted = parse_inventory(data)
+    assert eviction_floor_gib(fitted, 252) == (pytest.approx(12.6), "nodefs.available 5%")
+    assert var_lib_problem(fitted, full, ours=False) is None
+    assert var_lib_problem(inv, {}, ours=False) is None  # an older preflight.sh reported nothing
+    small = {"var_lib_kb": str(20 * 2**20), "var_lib_free_kb": str(9 * 2**20)}
+    assert "9.0 GiB free of 20 GiB" in var_lib_problem(inv, small, ours=False)

@@ -157,6 +157,13 @@ def _context(inv: Inventory) -> dict[str, Any]:
 STEMS = ("namespace", "rbac", "networkpolicies")
 
 
+def services(inv: Inventory) -> dict[str, str]:
+    """The navigation links this stage gives the Airflow UI once it ran (through `./dev tunnels`)."""
+    from datacloud import tunnels
+
+    return tunnels.links(inv, "jupyter")
+
+
 def render(inv: Inventory) -> Rendered:
     ctx = _context(inv)
     objects = {stem: render_template(f"jupyter/{stem}.yaml.j2", **ctx) for stem in STEMS}

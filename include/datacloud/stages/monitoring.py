@@ -227,6 +227,13 @@ def _context(inv: Inventory) -> dict[str, Any]:
     }
 
 
+def services(inv: Inventory) -> dict[str, str]:
+    """The navigation links this stage gives the Airflow UI once it ran (through `./dev tunnels`)."""
+    from datacloud import tunnels
+
+    return tunnels.links(inv, "monitoring")
+
+
 def render(inv: Inventory) -> Rendered:
     ctx = _context(inv)
     objects = {

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 SUPPORTED_OS = {"debian": 12, "ubuntu": 22}
 MAX_CLOCK_OFFSET_S = 2.0
 MEMORY_TOLERANCE = 0.85  # MemTotal is below the nominal size (firmware, kernel)
+# what the platform's images take on one node once unpacked (Ceph, Spark, MongoDB, JupyterHub, monitoring:
+# an estimate from their sizes), on top of kubelet's eviction floor, for a first install
+IMAGE_HEADROOM_GIB = 8
+QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
 class PreflightError(UserError):
@@ -111,6 +115,9 @@ def problems(inv: Inventory, facts_by_node: dict[str, dict[str, Any]]) -> list[s
                     f"{who}: {f['leftovers']} remain from another Kubernetes install; "
                     "run platform_teardown or kubeadm reset there first."
                 )
+        disk_problem = var_lib_problem(inv, f, ours)
+        if disk_problem:
+            out.append(f"{who}: {disk_problem}")
         for disk in node.ceph_disks:
             state = f.get(f"disk:{disk.device}", "missing")
             if state == "missing":
@@ -120,6 +127,47 @@ def problems(inv: Inventory, facts_by_node: dict[str, dict[str, Any]]) -> list[s
             elif state.startswith("partitions:") and not ours:
                 out.append(f"{who}: {disk.device} has {state.split(':', 1)[1]} partition(s); wipe it or set use: none.")
     return out
+
+
+def eviction_floor_gib(inv: Inventory, total_gib: float) -> tuple[float, str]:
+    """The highest of kubelet's disk eviction floors (nodefs/imagefs.available) on a filesystem of TOTAL_GIB,
+    in GiB, and which signal it is ("imagefs.available 15%")."""
+    from datacloud.inventory import EVICTION_DEFAULTS
+
+    thresholds = inv.kubernetes.eviction_thresholds() or EVICTION_DEFAULTS
+    worst = (0.0, "")
+    for signal in ("nodefs.available", "imagefs.available"):
+        value = thresholds.get(signal)
+        if not value:
+            continue
+        if value.endswith("%"):
+            gib = total_gib * float(value[:-1]) / 100
+        else:
+            unit = value[-2:] if value[-2:] in QUANTITY else ""
+            gib = float(value[: len(value) - len(unit)]) * QUANTITY.get(unit, 1) / 2**30
+        if gib > worst[0]:
+            worst = (gib, f"{signal} {value}")
+    return worst
+
+
+def var_lib_problem(inv: Inventory, f: dict[str, Any], ours: bool) -> str | None:
+    """/var/lib too full: kubelet would evict the platform's pods as their images arrive (it reports
+    DiskPressure below its floor). A first install needs the floor plus the images; a re-run, the floor."""
+    try:
+        total, free = int(f["var_lib_kb"]) / 2**20, int(f["var_lib_free_kb"]) / 2**20
+    except (KeyError, ValueError):
+        return None  # not reported (an older preflight.sh)
+    if total <= 0:
+        return None
+    floor, signal = eviction_floor_gib(inv, total)
+    need = floor + (1 if ours else IMAGE_HEADROOM_GIB)
+    if free >= need:
+        return None
+    return (
+        f"/var/lib has {free:.1f} GiB free of {total:.0f} GiB, and kubelet evicts every pod below {floor:.1f} GiB "
+        f"({signal}) while the platform's images need about {need - floor:.0f} GiB more; free space there, "
+        "or set kubernetes.eviction_hard to floors that fit this disk (docs/operations.md)."
+    )
 
 
 def image_problems(inv: Inventory, stages: tuple[str, ...] | list[str]) -> list[str]:

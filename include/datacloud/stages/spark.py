@@ -385,6 +385,13 @@ AFTER_CHART = ("scheduled", "connect")
 RENDERED = BEFORE_CHART + AFTER_CHART
 
 
+def services(inv: Inventory) -> dict[str, str]:
+    """The navigation links this stage gives the Airflow UI once it ran (through `./dev tunnels`)."""
+    from datacloud import tunnels
+
+    return tunnels.links(inv, "spark")
+
+
 def render(inv: Inventory) -> Rendered:
     ctx = _context(inv)
     objects = {stem: render_template(f"spark/{stem}.yaml.j2", **ctx) for stem in RENDERED}
