@@ -928,6 +928,8 @@ def test_a_stopped_kubelet_is_reported_not_ready_in_one_sentence(
     from datacloud.stages._common import run_step
 
     _remote_env(lab, env, monkeypatch)
+    # verify pings mongos as the datacloud_mongo connection's user: outside a task, Airflow reads it from here
+    monkeypatch.setenv("AIRFLOW_CONN_DATACLOUD_MONGO", lab.mongo_env()["AIRFLOW_CONN_DATACLOUD_MONGO"])
     n3 = lab.nodes[2]
     lab.node_exec(n3, "systemctl", "stop", "kubelet")
     try:
@@ -954,7 +956,12 @@ def test_a_stopped_kubelet_is_reported_not_ready_in_one_sentence(
         lab.node_exec(n3, "systemctl", "start", "kubelet")
     wait_for("n3 Ready again", lambda: ready(api(lab, "get", "node", "n3")), timeout=120)
     # n3's pods report ready again a moment after its kubelet (verify also checks the platform's workloads)
-    assert wait_for("verify passes again", lambda: _verify_passes(lab), timeout=120)["nodes"] == 3
+    again = wait_for("verify passes again", lambda: _verify_passes(lab), timeout=120)
+    assert (again["nodes"], again["mongo_ping"]) == (3, "ok"), again
+    from datacloud.stages.verify import PART_OF
+
+    ours = api(lab, "get", "deployments,statefulsets,daemonsets", "--all-namespaces", "-l", PART_OF)["items"]
+    assert again["workloads"] == len(ours) + 4, again  # and the Percona operator's StatefulSets: rs0, rs1, cfg, mongos
 
 
 def _verify_passes(lab: Lab) -> dict | None:

@@ -27,12 +27,12 @@ def _node(name: str) -> dict[str, Any]:
     }
 
 
-def _workload(kind: str, ns: str, name: str, ready: int, want: int) -> dict[str, Any]:
+def _workload(kind: str, ns: str, name: str, ready: int, want: int, label: str = verify.PART_OF) -> dict[str, Any]:
+    key, value = label.split("=")
+    meta = {"namespace": ns, "name": name, "labels": {key: value}}
     if kind == "DaemonSet":
-        return {"kind": kind, "metadata": {"namespace": ns, "name": name},
-                "status": {"numberReady": ready, "desiredNumberScheduled": want}}  # fmt: skip
-    return {"kind": kind, "metadata": {"namespace": ns, "name": name}, "spec": {"replicas": want},
-            "status": {"readyReplicas": ready} if ready else {}}  # fmt: skip
+        return {"kind": kind, "metadata": meta, "status": {"numberReady": ready, "desiredNumberScheduled": want}}
+    return {"kind": kind, "metadata": meta, "spec": {"replicas": want}, "status": {"readyReplicas": ready} if ready else {}}
 
 
 @dataclass
@@ -57,10 +57,12 @@ class ClusterViewDouble:
         return None
 
     def kubectl(self, *args: str, **_: Any) -> Result:
+        """`get WORKLOAD_KINDS --selector k=v`: the workloads carrying that label (as the API server selects)."""
         self.calls.append(args)
         assert args[:2] == ("get", verify.WORKLOAD_KINDS) and "--all-namespaces" in args
-        assert args[args.index("--selector") + 1] == verify.PART_OF
-        return Result(0, json.dumps({"items": list(reversed(self.workloads))}), "")
+        key, value = args[args.index("--selector") + 1].split("=")
+        items = [w for w in reversed(self.workloads) if w["metadata"]["labels"].get(key) == value]
+        return Result(0, json.dumps({"items": items}), "")
 
 
 @dataclass
@@ -106,6 +108,63 @@ def test_a_workload_short_of_ready_fails_naming_it(inv):
     assert "Deployment local-path-storage/local-path-provisioner has 0 of 1 ready" in message
     assert "DaemonSet monitoring/node-exporter has 2 of 3 ready" in message
     assert "history" not in message and "\n" not in message
+
+
+def test_what_the_operators_made_is_verified_too(inv):
+    """The sharded MongoDB's StatefulSets carry the Percona operator's labels, not the platform's: verify
+    selects them (and Ceph's and Prometheus's) too, each workload once."""
+    op = "app.kubernetes.io/managed-by=percona-server-mongodb-operator"
+    view = ClusterViewDouble(
+        [n.name for n in inv.nodes],
+        [_workload("Deployment", "mongo", "percona-server-mongodb-operator", 1, 1),
+         _workload("StatefulSet", "mongo", "datacloud-mongo-rs0", 2, 3, label=op),
+         _workload("StatefulSet", "mongo", "datacloud-mongo-cfg", 3, 3, label=op)],
+    )  # fmt: skip
+    with pytest.raises(TransientError) as err:
+        verify.summary(Ctx(inv, view))
+    assert str(err.value) == "StatefulSet mongo/datacloud-mongo-rs0 has 2 of 3 ready"
+    assert [c[c.index("--selector") + 1] for c in view.calls] == list(verify.WORKLOAD_SELECTORS)
+
+
+def test_mongo_that_does_not_answer_the_connections_user_fails_verify_in_one_sentence(inv, monkeypatch):
+    """With the mongo stage's PerconaServerMongoDB present, verify pings mongos as the datacloud_mongo
+    connection's user through an SSH forward (here: a closed local port stands in for the forward)."""
+    import contextlib
+    import socket
+
+    from datacloud import connections, forward
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+
+    @contextlib.contextmanager
+    def forward_double(transport, host, port):
+        assert (host, port) == ("10.96.0.27", 27017)
+        yield "127.0.0.1", closed
+
+    class MongoView(ClusterViewDouble):
+        remote = type("R", (), {"connect": lambda self: type("T", (), {"get_transport": lambda self: None})()})()
+
+        def get_json(self, kind, name=None, **kw):
+            if kind == "perconaservermongodb":
+                return {"status": {"state": "ready"}}
+            if kind == "service":
+                return {"spec": {"clusterIP": "10.96.0.27"}}
+            return super().get_json(kind, name, **kw)
+
+    view = MongoView([n.name for n in inv.nodes], [])
+    monkeypatch.setattr(forward, "ssh_forward", forward_double)
+    monkeypatch.setattr(verify, "MONGO_PING_TIMEOUT_MS", 300)
+    monkeypatch.setattr(connections, "get", lambda conn_id: None)
+    with pytest.raises(TransientError, match=r"^the connection datacloud_mongo is missing"):
+        verify.summary(Ctx(inv, view))
+    conn = {"login": "datacloud", "password": "pw", "extra": {"authSource": "admin"}}
+    monkeypatch.setattr(connections, "get", lambda conn_id: conn)
+    with pytest.raises(TransientError) as err:
+        verify.summary(Ctx(inv, view))
+    assert str(err.value).startswith("mongos does not answer a ping as datacloud (datacloud_mongo): ")
+    assert "pw" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_a_dry_run_reads_nothing(inv):
