@@ -625,6 +625,37 @@ def test_the_spark_stage_runs_on_the_lab_with_the_operators_double(
     )
 
 
+def test_drill_the_history_server_comes_back_with_its_data_after_its_pod_is_deleted(
+    lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault drill: delete the History Server's pod. Its Deployment makes a new one (our Spark image), which
+    reads the same event-log claim and lists every application the old one listed (the first run's
+    verification, the pi run above), with nothing re-submitted."""
+    from datacloud.inventory import load_inventory
+    from datacloud.kube import Kube
+    from datacloud.stages import spark
+    from datacloud.stages.apps_common import SPARK_JOBS_NS
+
+    _remote_env(lab, env, monkeypatch)
+    deploy = api(lab, "-n", SPARK_JOBS_NS, "get", "deployment", spark.HISTORY_SERVICE)
+    selector = ",".join(f"{k}={v}" for k, v in deploy["spec"]["selector"]["matchLabels"].items())
+    with Kube(load_inventory(lab.inventory_path)) as kube:
+        before = {a["id"] for a in spark.history_applications(kube)}
+        assert len(before) >= 2, before
+        (old,) = api(lab, "-n", SPARK_JOBS_NS, "get", "pods", "-l", selector)["items"]
+        t0 = time.monotonic()
+        lab.kubectl("-n", SPARK_JOBS_NS, "delete", "pod", old["metadata"]["name"], "--wait=false")
+
+        def back() -> set[str] | None:
+            pods = api(lab, "-n", SPARK_JOBS_NS, "get", "pods", "-l", selector)["items"]
+            fresh = [p for p in pods if p["metadata"]["uid"] != old["metadata"]["uid"] and ready(p)]
+            listed = {a["id"] for a in spark.history_applications(kube)} if fresh else set()
+            return listed if listed >= before else None
+
+        after = wait_for("a new History Server pod listing the same applications", back, timeout=240, interval=3)
+    print(f"\nHistory Server pod deleted, a new one lists the {len(after)} applications again: {time.monotonic() - t0:.1f}s")
+
+
 def test_the_mongo_stage_runs_a_sharded_cluster_of_stand_ins_with_real_claims_and_users(
     lab: Lab, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
