@@ -247,9 +247,9 @@ class KubernetesSettings(_Model):
         return v
 
     def eviction_thresholds(self) -> dict[str, str]:
-        """What kubelet's evictionHard gets when the inventory names any signal: kubelet's defaults, then the
-        inventory's (kubelet turns every signal the map leaves out off, so the defaults are written too)."""
-        return {**EVICTION_DEFAULTS, **self.eviction_hard} if self.eviction_hard else {}
+        """The hard eviction thresholds kubelet applies: its defaults, then the inventory's. The kubeadm config
+        writes them all when the inventory names any signal (kubelet turns off every signal its map leaves out)."""
+        return {**EVICTION_DEFAULTS, **self.eviction_hard}
 
     @field_validator("ignore_preflight_errors")
     @classmethod

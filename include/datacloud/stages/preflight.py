@@ -132,9 +132,7 @@ def problems(inv: Inventory, facts_by_node: dict[str, dict[str, Any]]) -> list[s
 def eviction_floor_gib(inv: Inventory, total_gib: float) -> tuple[float, str]:
     """The highest of kubelet's disk eviction floors (nodefs/imagefs.available) on a filesystem of TOTAL_GIB,
     in GiB, and which signal it is ("imagefs.available 15%")."""
-    from datacloud.inventory import EVICTION_DEFAULTS
-
-    thresholds = inv.kubernetes.eviction_thresholds() or EVICTION_DEFAULTS
+    thresholds = inv.kubernetes.eviction_thresholds()
     worst = (0.0, "")
     for signal in ("nodefs.available", "imagefs.available"):
         value = thresholds.get(signal)
